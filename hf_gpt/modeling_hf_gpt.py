@@ -1,0 +1,589 @@
+"""The HfGpt models: one GPT decoder body (`HfGptModel`) and small task heads on top of it.
+
+Part of the remote-code core: imports only torch, transformers and its sibling config module, so
+`save_pretrained` can copy both files next to the weights for `trust_remote_code=True` loading.
+Names follow GPT-2/nanoGPT (wte, wpe, h, ln_f, c_attn, c_proj, c_fc) so checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.dynamic_module_utils import custom_object_save
+from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutputWithPast,
+    TokenClassifierOutput,
+)
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, can_return_tuple, logging
+
+from .configuration_hf_gpt import HfGptConfig
+
+logger = logging.get_logger(__name__)
+
+# transformers 5.24 renamed the cache argument and output field from `past_key_values` to `cache`;
+# we accept both names and fill whichever field the installed version's outputs have.
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _with_cache(output_class, cache, **fields):
+    return output_class(**fields, **{CACHE_FIELD: cache})
+
+
+def _pick_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the KV cache once, as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else past_key_values
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention; the reference the fused kernels are checked against."""
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask[:, :, :, : key.shape[-2]]
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()
+    return output, weights
+
+
+class HfGptAttention(nn.Module):
+    """Causal self-attention with one fused QKV projection; "local" layers see a band of past tokens."""
+
+    def __init__(self, config: HfGptConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        self.sliding_window = config.local_window if config.attention_layers[layer_idx] == "local" else None
+        self.c_attn = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.c_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.resid_dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states, attention_mask, cache: Cache | None = None, **kwargs):
+        batch, length, _ = hidden_states.shape
+        qkv = self.c_attn(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, length, head_dim)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.config.attn_pdrop if self.training else 0.0,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            **kwargs,
+        )
+        output = self.c_proj(output.reshape(batch, length, -1))
+        return self.resid_dropout(output), weights
+
+
+class HfGptMLP(nn.Module):
+    def __init__(self, config: HfGptConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.activation_function]
+        self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.resid_pdrop)
+
+    def forward(self, hidden_states):
+        return self.dropout(self.c_proj(self.act(self.c_fc(hidden_states))))
+
+
+class HfGptBlock(GradientCheckpointingLayer):
+    """Attention then MLP, each in a residual branch; LayerNorm before (GPT-2/3) or after (GPT-1) it."""
+
+    def __init__(self, config: HfGptConfig, layer_idx: int):
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.ln_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.attn = HfGptAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
+        self.mlp = HfGptMLP(config)
+
+    def forward(self, hidden_states, attention_mask, cache: Cache | None = None, **kwargs):
+        if self.pre_norm:
+            attn_output, weights = self.attn(self.ln_1(hidden_states), attention_mask, cache, **kwargs)
+            hidden_states = hidden_states + attn_output
+            hidden_states = hidden_states + self.mlp(self.ln_2(hidden_states))
+        else:
+            attn_output, weights = self.attn(hidden_states, attention_mask, cache, **kwargs)
+            hidden_states = self.ln_1(hidden_states + attn_output)
+            hidden_states = self.ln_2(hidden_states + self.mlp(hidden_states))
+        return hidden_states, weights
+
+
+class HfGptPreTrainedModel(PreTrainedModel):
+    config: HfGptConfig
+    config_class = HfGptConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HfGptBlock"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        """GPT-2 init: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * layers)."""
+        super()._init_weights(module)
+        if isinstance(module, (HfGptAttention, HfGptMLP)):
+            std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
+            init.normal_(module.c_proj.weight, mean=0.0, std=std)
+
+    def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
+        """Save as transformers does, plus the flat code files that `trust_remote_code=True` loads."""
+        hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private") if key in kwargs}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        custom_object_save(self, save_directory)
+        if push_to_hub:
+            # push_to_hub saves through this method again, into a fresh folder it uploads whole.
+            repo_id = hub_kwargs.pop("repo_id", Path(save_directory).name)
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)
+
+
+def check_inputs(config, input_ids, inputs_embeds, attention_mask, past_length) -> None:
+    """Reject bad inputs with a ValueError before they reach an embedding lookup (a CUDA device assert).
+
+    Shape checks are free. The token-id check reads values back from the device, so it runs only where
+    ids enter (prompts, training batches: several tokens, or an empty cache), never per decoding step,
+    and not inside torch.compile.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds (got both or neither)")
+    batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+    known_past = isinstance(past_length, int)  # a static cache keeps its length on the device
+    if known_past and past_length + length > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {past_length + length} (cached {past_length} + new {length}) exceeds "
+            f"max_position_embeddings={config.max_position_embeddings}"
+        )
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        expected = past_length + length if known_past else None
+        if attention_mask.shape[0] != batch or (expected is not None and attention_mask.shape[1] != expected):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                f"({batch}, {expected if known_past else 'cached + new tokens'})"
+            )
+    entering = length > 1 or (known_past and past_length == 0)
+    if input_ids is not None and input_ids.numel() and entering and not torch.compiler.is_compiling():
+        low, high = (value.item() for value in torch.aminmax(input_ids))
+        if low < 0 or high >= config.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {config.vocab_size})")
+
+
+def positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
+    """Position ids that skip padding, so a left-padded row gets the positions it would have alone."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)[:, -length:]
+
+
+class HfGptModel(HfGptPreTrainedModel):
+    """The decoder body: token + position embeddings, the blocks, and (pre-norm only) a final LayerNorm."""
+
+    def __init__(self, config: HfGptConfig):
+        super().__init__(config)
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        self.h = nn.ModuleList(HfGptBlock(config, i) for i in range(config.num_hidden_layers))
+        pre_norm = config.norm_position == "pre"
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon) if pre_norm else nn.Identity()
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings):
+        self.wte = new_embeddings
+
+    def _attention_masks(self, inputs_embeds, attention_mask, cache, position_ids) -> dict:
+        """One mask per kind of layer present, keyed like transformers' `layer_types`."""
+        if isinstance(attention_mask, dict):  # prepared by generate() for compiled static-cache decoding
+            return attention_mask
+        builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        # Positional arguments: the cache parameter's name differs between transformers versions.
+        return {
+            kind: builders[kind](self.config, inputs_embeds, attention_mask, cache, position_ids)
+            for kind in set(self.config.layer_types)
+        }
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        cache = _pick_cache(cache, past_key_values)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if self.gradient_checkpointing and self.training:
+            if cache is not None:
+                logger.warning_once("gradient checkpointing recomputes layers, so the KV cache is ignored")
+            use_cache, cache = False, None
+        if use_cache and cache is None and not self.training:  # training reuses no keys: skip the cache
+            cache = DynamicCache(config=self.config)
+
+        past_length = cache.get_seq_length() if cache is not None else 0
+        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)
+        length = inputs_embeds.shape[1]
+        if position_ids is None:
+            if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+                position_ids = positions_from_mask(attention_mask, length)
+            else:
+                position_ids = (torch.arange(length, device=inputs_embeds.device) + past_length).unsqueeze(0)
+
+        hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
+        masks = self._attention_masks(inputs_embeds, attention_mask, cache, position_ids)
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for block, layer_type in zip(self.h, self.config.layer_types):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            hidden_states, weights = block(
+                hidden_states, masks[layer_type], cache=cache, position_ids=position_ids, **kwargs
+            )
+            if output_attentions:
+                all_attentions += (weights,)
+        hidden_states = self.ln_f(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        return _with_cache(
+            BaseModelOutputWithPast,
+            cache if use_cache else None,
+            last_hidden_state=hidden_states,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+
+def last_token_index(input_ids, attention_mask, pad_token_id, batch: int, length: int, device) -> torch.Tensor:
+    """Index of each row's last real token, for left and right padding alike."""
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        real = attention_mask[:, -length:].to(device, torch.int32)
+    elif input_ids is not None and pad_token_id is not None:
+        real = (input_ids != pad_token_id).to(device, torch.int32)
+    else:  # nothing says where padding is: take the last position
+        return torch.full((batch,), length - 1, device=device, dtype=torch.long)
+    return (torch.arange(length, device=device, dtype=torch.int32) * real).argmax(-1)
+
+
+def gather_rows(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """states[b, index[b]] for every row b: read each sequence at one position."""
+    return states[torch.arange(states.shape[0], device=states.device), index.to(states.device)]
+
+
+class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: HfGptConfig):
+        super().__init__(config)
+        self.transformer = HfGptModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
+        """Refuse, before the first step, a generation that would run past the learned positions."""
+        super()._validate_generated_length(generation_config, input_ids_length, has_default_max_length)
+        if generation_config.max_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"generation would reach {generation_config.max_length} tokens (prompt {input_ids_length} + new), "
+                f"but max_position_embeddings={self.config.max_position_embeddings}; lower max_new_tokens"
+            )
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""labels: next-token targets, shifted inside (pass `labels=input_ids`); -100 is ignored.
+        logits_to_keep: compute logits only for the last N positions (0 = all), or for given indices."""
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=_pick_cache(cache, past_key_values),
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        return _with_cache(
+            CausalLMOutputWithPast,
+            getattr(outputs, CACHE_FIELD),
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class HfGptForSequenceClassification(HfGptPreTrainedModel):
+    """Classifies a sequence from its last real token, as GPT-1 does (left or right padding)."""
+
+    def __init__(self, config: HfGptConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = HfGptModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast:
+        outputs = self.transformer(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
+        )
+        hidden_states = outputs.last_hidden_state
+        batch, length = hidden_states.shape[:2]
+        last = last_token_index(input_ids, attention_mask, self.config.pad_token_id, batch, length, hidden_states.device)
+        logits = self.score(self.dropout(gather_rows(hidden_states, last)))
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        return _with_cache(
+            SequenceClassifierOutputWithPast,
+            getattr(outputs, CACHE_FIELD),
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+class HfGptForTokenClassification(HfGptPreTrainedModel):
+    def __init__(self, config: HfGptConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.transformer = HfGptModel(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> TokenClassifierOutput:
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **{**kwargs, "use_cache": False},  # this head returns no cache
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = self.loss_function(logits, labels, self.config) if labels is not None else None
+        return TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+class HfGptForQuestionAnswering(HfGptPreTrainedModel):
+    """Extractive QA: a start and an end logit per token."""
+
+    def __init__(self, config: HfGptConfig):
+        super().__init__(config)
+        self.transformer = HfGptModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.LongTensor | None = None,
+        end_positions: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> QuestionAnsweringModelOutput:
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **{**kwargs, "use_cache": False},  # this head returns no cache
+        )
+        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).unbind(-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = self.loss_function(start_logits, end_logits, start_positions, end_positions)
+        return QuestionAnsweringModelOutput(
+            loss=loss,
+            start_logits=start_logits.contiguous(),
+            end_logits=end_logits.contiguous(),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+@dataclass
+class HfGptDoubleHeadsModelOutput(ModelOutput):
+    """loss = mc_loss + lm_loss_weight * lm_loss when both label kinds are given, else whichever is."""
+
+    loss: torch.Tensor | None = None
+    mc_loss: torch.Tensor | None = None
+    lm_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mc_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class HfGptDoubleHeadsModel(HfGptPreTrainedModel):
+    """GPT-1 fine-tuning: LM logits plus a multiple-choice score read at one token of each choice.
+
+    Inputs are (batch, num_choices, length); each choice runs through the body as its own sequence.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: HfGptConfig):
+        super().__init__(config)
+        self.transformer = HfGptModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.mc_dropout = nn.Dropout(config.classifier_dropout)
+        self.mc_head = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        mc_token_ids: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        mc_labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> HfGptDoubleHeadsModelOutput:
+        r"""mc_token_ids (batch, num_choices): where to read each choice (default: its last real token).
+        labels (batch, num_choices, length): LM targets, shifted inside. mc_labels (batch,): the right choice."""
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        if tokens is None or tokens.dim() < 3 or (input_ids is not None and input_ids.dim() != 3):
+            shape = None if tokens is None else tuple(tokens.shape)
+            raise ValueError(f"expected inputs of shape (batch, num_choices, length[, hidden]), got {shape}")
+        choices, length = tokens.shape[:2], tokens.shape[2]
+
+        def flat(tensor):  # (batch, num_choices, ...) -> (batch * num_choices, ...)
+            return None if tensor is None else tensor.flatten(0, 1)
+
+        if mc_token_ids is not None and not torch.compiler.is_compiling():
+            if tuple(mc_token_ids.shape) != tuple(choices):
+                raise ValueError(f"mc_token_ids has shape {tuple(mc_token_ids.shape)}, expected {tuple(choices)}")
+            if mc_token_ids.min() < 0 or mc_token_ids.max() >= length:
+                raise ValueError(f"mc_token_ids must lie in [0, {length}), got {mc_token_ids.tolist()}")
+
+        outputs = self.transformer(
+            flat(input_ids),
+            attention_mask=flat(attention_mask),
+            position_ids=flat(position_ids),
+            inputs_embeds=flat(inputs_embeds),
+            **{**kwargs, "use_cache": False},  # this head returns no cache
+        )
+        hidden_states = outputs.last_hidden_state
+        lm_logits = self.lm_head(hidden_states)
+        if mc_token_ids is None:
+            rows = hidden_states.shape[0]
+            index = last_token_index(
+                flat(input_ids), flat(attention_mask), self.config.pad_token_id, rows, length, hidden_states.device
+            )
+        else:
+            index = flat(mc_token_ids)
+        mc_logits = self.mc_head(self.mc_dropout(gather_rows(hidden_states, index))).view(choices)
+
+        lm_loss = mc_loss = None
+        if labels is not None:
+            lm_loss = ForCausalLMLoss(lm_logits, flat(labels), vocab_size=self.config.vocab_size)
+        if mc_labels is not None:
+            mc_loss = nn.functional.cross_entropy(mc_logits, mc_labels.to(mc_logits.device))
+        if lm_loss is not None and mc_loss is not None:
+            loss = mc_loss + self.config.lm_loss_weight * lm_loss
+        else:
+            loss = mc_loss if mc_loss is not None else lm_loss
+        return HfGptDoubleHeadsModelOutput(
+            loss=loss,
+            mc_loss=mc_loss,
+            lm_loss=lm_loss,
+            logits=lm_logits.view(*choices, length, -1),
+            mc_logits=mc_logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = [
+    "HfGptPreTrainedModel",
+    "HfGptModel",
+    "HfGptForCausalLM",
+    "HfGptForSequenceClassification",
+    "HfGptForTokenClassification",
+    "HfGptForQuestionAnswering",
+    "HfGptDoubleHeadsModel",
+]
