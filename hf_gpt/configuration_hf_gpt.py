@@ -159,7 +159,7 @@ class HfGptConfig(PretrainedConfig):
         """transformers' name for each layer's attention kind (drives caches and mask creation)."""
         if self.attention_layers is None:  # read by the base __post_init__ before ours fills it in
             return None
-        return [LAYER_TYPES[kind] for kind in self.attention_layers]
+        return [LAYER_TYPES.get(kind, kind) for kind in self.attention_layers]  # check() rejects unknown kinds
 
     @property
     def sliding_window(self) -> int | None:

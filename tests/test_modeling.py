@@ -1,0 +1,386 @@
+"""The model contract with transformers: heads, attention backends, caches, padding, training hooks."""
+
+import copy
+
+import pytest
+import torch
+from conftest import seeded, tiny_config
+from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
+from transformers.utils import is_flash_attn_2_available
+
+from hf_gpt import (
+    HfGptDoubleHeadsModel,
+    HfGptForCausalLM,
+    HfGptForQuestionAnswering,
+    HfGptForSequenceClassification,
+    HfGptForTokenClassification,
+    HfGptModel,
+)
+from hf_gpt.modeling_hf_gpt import CACHE_FIELD
+
+pytestmark = pytest.mark.model
+PAD = 1
+
+
+def random_ids(config, batch=2, length=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(2, config.vocab_size, (batch, length), generator=generator)
+
+
+def cache_of(output):
+    return getattr(output, CACHE_FIELD)
+
+
+def test_every_head_runs_on_one_shared_body(preset):
+    config = tiny_config(preset, num_labels=3, pad_token_id=PAD)
+    ids = random_ids(config)
+    body_keys = set(seeded(HfGptModel, config).state_dict())
+    shapes = {
+        HfGptModel: lambda out: out.last_hidden_state.shape == (2, 12, config.hidden_size),
+        HfGptForCausalLM: lambda out: out.logits.shape == (2, 12, config.vocab_size),
+        HfGptForSequenceClassification: lambda out: out.logits.shape == (2, 3),
+        HfGptForTokenClassification: lambda out: out.logits.shape == (2, 12, 3),
+        HfGptForQuestionAnswering: lambda out: out.start_logits.shape == out.end_logits.shape == (2, 12),
+    }
+    for model_class, shape_ok in shapes.items():
+        model = seeded(model_class, config)
+        assert shape_ok(model(ids)), model_class.__name__
+        if model_class is not HfGptModel:
+            assert {f"transformer.{key}" for key in body_keys} <= set(model.state_dict())
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "flex_attention"])
+def test_fused_attention_matches_eager(preset, attn_implementation):
+    if attn_implementation == "flex_attention" and preset != "gpt3-tiny":
+        pytest.skip("flex_attention compiles for each shape: one preset (with local layers) covers it")
+    config = tiny_config(preset, pad_token_id=PAD)
+    ids = random_ids(config, length=40)
+    mask = torch.ones_like(ids)
+    mask[0, :7] = 0  # left padding in one row
+    eager = seeded(HfGptForCausalLM, config, attn_implementation="eager")
+    fused = seeded(HfGptForCausalLM, config, attn_implementation=attn_implementation)
+    assert fused.config._attn_implementation == attn_implementation
+    with torch.no_grad():  # flex_attention has no backward on CPU
+        expected = eager(ids, attention_mask=mask).logits
+        actual = fused(ids, attention_mask=mask).logits
+    real = mask.bool()
+    torch.testing.assert_close(actual[real], expected[real], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and is_flash_attn_2_available()), reason="needs CUDA and flash-attn")
+def test_flash_attention_2_matches_sdpa():
+    config = tiny_config("gpt3-tiny", pad_token_id=PAD)
+    ids = random_ids(config, length=40).cuda()
+    sdpa = seeded(HfGptForCausalLM, config, attn_implementation="sdpa", dtype=torch.bfloat16).cuda()
+    flash = seeded(HfGptForCausalLM, config, attn_implementation="flash_attention_2", dtype=torch.bfloat16).cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(flash(ids).logits, sdpa(ids).logits, atol=2e-2, rtol=2e-2)
+
+
+def test_decoding_token_by_token_with_a_cache_matches_one_full_forward(preset):
+    config = tiny_config(preset)
+    model = seeded(HfGptForCausalLM, config)
+    ids = random_ids(config, length=40)  # longer than gpt3-tiny's local window of 16
+    full = model(ids).logits
+    out = model(ids[:, :10], use_cache=True)
+    cache, steps = cache_of(out), [out.logits]
+    assert isinstance(cache, DynamicCache) and cache.get_seq_length() == 10
+    for position in range(10, 40):
+        out = model(ids[:, position : position + 1], cache=cache)
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_past_key_values_is_accepted_as_the_cache_argument_name():
+    """transformers <= 5.23 passes `past_key_values`, newer versions `cache`: both must be honoured."""
+    config = tiny_config()
+    model = seeded(HfGptForCausalLM, config)
+    ids = random_ids(config, length=8)
+    full = model(ids).logits[:, -1]
+    for name in ("cache", "past_key_values"):
+        cache = DynamicCache(config=config)
+        model(ids[:, :7], **{name: cache})
+        assert cache.get_seq_length() == 7
+        torch.testing.assert_close(model(ids[:, 7:], **{name: cache}).logits[:, -1], full, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, cache=DynamicCache(config=config), past_key_values=DynamicCache(config=config))
+
+
+def test_static_cache_matches_dynamic_cache(preset):
+    config = tiny_config(preset)
+    model = seeded(HfGptForCausalLM, config)
+    ids = random_ids(config, batch=1, length=24)
+    dynamic, static = DynamicCache(config=config), StaticCache(config=config, max_cache_len=64)
+    logits = {}
+    for name, cache in (("dynamic", dynamic), ("static", static)):
+        steps = [model(ids[:, :20], cache=cache).logits[:, -1]]
+        for position in range(20, 24):
+            steps.append(model(ids[:, position : position + 1], cache=cache).logits[:, -1])
+        logits[name] = torch.stack(steps)
+    torch.testing.assert_close(logits["static"], logits["dynamic"], atol=1e-5, rtol=1e-4)
+
+
+def test_local_layers_attend_only_to_their_window():
+    config = tiny_config("gpt2-tiny", attention_layers=["local", "local"], local_window=4)
+    model = seeded(HfGptForCausalLM, config)
+    ids = random_ids(config, batch=1, length=20)
+    changed = ids.clone()
+    changed[0, 0] = (ids[0, 0] + 1) % config.vocab_size
+    before, after = model(ids).logits, model(changed).logits
+    # Two banded layers of width 4 reach 2 * 3 = 6 tokens back: position 7 and later never see token 0.
+    assert not torch.allclose(before[0, 6], after[0, 6])
+    torch.testing.assert_close(before[0, 7:], after[0, 7:])
+    dense = seeded(HfGptForCausalLM, tiny_config("gpt2-tiny"))
+    assert not torch.allclose(dense(ids).logits[0, -1], dense(changed).logits[0, -1])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_a_padded_batch_gives_each_row_the_logits_it_gets_alone(preset, side):
+    config = tiny_config(preset, pad_token_id=PAD)
+    model = seeded(HfGptForCausalLM, config)
+    rows = [random_ids(config, batch=1, length=n, seed=n)[0] for n in (30, 21, 9)]
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), PAD)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span], mask[i, span] = row, 1
+    batched = model(ids, attention_mask=mask).logits
+    for i, row in enumerate(rows):
+        alone = model(row[None]).logits[0]
+        torch.testing.assert_close(batched[i][mask[i].bool()], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(preset):
+    config = tiny_config(preset)
+    ids = random_ids(config, length=16)
+    grads = {}
+    for checkpointing in (False, True):
+        model = seeded(HfGptForCausalLM, config).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert all(block.gradient_checkpointing for block in model.transformer.h)
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        grads[checkpointing] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(grads[True][0], grads[False][0])
+    for name, grad in grads[False][1].items():
+        torch.testing.assert_close(grads[True][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_input_and_output_embeddings_are_tied_and_stay_tied_after_loading(tmp_path):
+    config = tiny_config()
+    model = seeded(HfGptForCausalLM, config)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight)
+
+    untied = seeded(HfGptForCausalLM, tiny_config(tie_word_embeddings=False))
+    assert untied.lm_head.weight is not untied.transformer.wte.weight
+    extra = sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in model.parameters())
+    assert extra == config.vocab_size * config.hidden_size
+
+
+def test_resize_token_embeddings_keeps_old_rows_and_the_tie():
+    config = tiny_config()
+    model = seeded(HfGptForCausalLM, config)
+    old = model.transformer.wte.weight.detach().clone()
+    model.resize_token_embeddings(config.vocab_size + 8)
+    assert model.config.vocab_size == config.vocab_size + 8
+    assert model.transformer.wte.weight.shape[0] == model.lm_head.weight.shape[0] == config.vocab_size + 8
+    assert model.lm_head.weight is model.transformer.wte.weight
+    torch.testing.assert_close(model.transformer.wte.weight[: config.vocab_size], old)
+    new_token = torch.tensor([[config.vocab_size + 7]])
+    assert model(new_token).logits.shape == (1, 1, config.vocab_size + 8)
+
+
+def test_inputs_embeds_gives_the_same_output_as_input_ids(preset):
+    config = tiny_config(preset)
+    model = seeded(HfGptForCausalLM, config)
+    ids = random_ids(config)
+    embeds = model.get_input_embeddings()(ids)
+    torch.testing.assert_close(model(inputs_embeds=embeds).logits, model(ids).logits)
+
+
+def test_hidden_states_and_attention_weights_are_returned_on_request(preset):
+    config = tiny_config(preset)
+    model = seeded(HfGptModel, config, attn_implementation="eager")
+    ids = random_ids(config, length=20)
+    out = model(ids, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == config.num_hidden_layers + 1
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    assert len(out.attentions) == config.num_hidden_layers
+    for kind, weights in zip(config.attention_layers, out.attentions):
+        assert weights.shape == (2, config.num_attention_heads, 20, 20)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, config.num_attention_heads, 20))
+        assert torch.all(weights.triu(diagonal=1) == 0)  # causal
+        if kind == "local":
+            assert torch.all(weights.tril(diagonal=-config.local_window) == 0)  # banded
+    plain = model(ids)
+    assert plain.hidden_states is None and plain.attentions is None
+
+
+def test_return_dict_false_gives_a_tuple():
+    config = tiny_config()
+    model = seeded(HfGptForCausalLM, config)
+    ids = random_ids(config)
+    as_tuple = model(ids, labels=ids, return_dict=False)
+    as_dict = model(ids, labels=ids)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    torch.testing.assert_close(as_tuple[1], as_dict.logits)
+
+
+def test_logits_to_keep_computes_only_the_last_positions():
+    config = tiny_config()
+    model = seeded(HfGptForCausalLM, config)
+    ids = random_ids(config)
+    full = model(ids).logits
+    last = model(ids, logits_to_keep=1).logits
+    assert last.shape == (2, 1, config.vocab_size)
+    torch.testing.assert_close(last, full[:, -1:])
+    torch.testing.assert_close(model(ids, logits_to_keep=3).logits, full[:, -3:])
+
+
+def test_device_map_auto_loads_and_never_splits_a_block(tmp_path):
+    from accelerate import infer_auto_device_map
+
+    config = tiny_config()
+    model = seeded(HfGptForCausalLM, config)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto")
+    ids = random_ids(config)
+    torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+
+    block_bytes = sum(p.numel() * p.element_size() for p in model.transformer.h[0].parameters())
+    device_map = infer_auto_device_map(
+        model, max_memory={"cpu": int(2.5 * block_bytes), "disk": 10**12}, no_split_module_classes=model._no_split_modules
+    )
+    assert set(device_map.values()) == {"cpu", "disk"}  # the model really was split ...
+    for name in device_map:  # ... but only between blocks, never inside one
+        assert not name.startswith("transformer.h.") or name.count(".") == 2, name
+
+
+def test_sequence_classification_pools_the_last_real_token_for_left_and_right_padding():
+    config = tiny_config(num_labels=3, pad_token_id=PAD)
+    model = seeded(HfGptForSequenceClassification, config)
+    row = random_ids(config, batch=1, length=9)[0]
+    alone = model(row[None]).logits
+    pad = torch.full((4,), PAD)
+    ones, zeros = torch.ones(9, dtype=torch.long), torch.zeros(4, dtype=torch.long)
+    left = model(torch.cat([pad, row])[None], attention_mask=torch.cat([zeros, ones])[None]).logits
+    right = model(torch.cat([row, pad])[None], attention_mask=torch.cat([ones, zeros])[None]).logits
+    right_no_mask = model(torch.cat([row, pad])[None]).logits  # falls back to pad_token_id
+    for logits in (left, right, right_no_mask):
+        torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-4)
+    labels = torch.tensor([2])
+    expected = torch.nn.functional.cross_entropy(alone, labels)
+    torch.testing.assert_close(model(row[None], labels=labels).loss, expected)
+
+
+def test_token_classification_and_question_answering_losses():
+    config = tiny_config(num_labels=5)
+    ids = random_ids(config)
+    tagger = seeded(HfGptForTokenClassification, config)
+    tags = torch.randint(0, 5, ids.shape)
+    out = tagger(ids, labels=tags)
+    expected = torch.nn.functional.cross_entropy(out.logits.reshape(-1, 5), tags.reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+
+    reader = seeded(HfGptForQuestionAnswering, config)
+    start, end = torch.tensor([2, 5]), torch.tensor([4, 9])
+    out = reader(ids, start_positions=start, end_positions=end)
+    ce = torch.nn.functional.cross_entropy
+    torch.testing.assert_close(out.loss, (ce(out.start_logits, start) + ce(out.end_logits, end)) / 2)
+    out.loss.backward()
+    assert reader.transformer.wte.weight.grad is not None
+
+
+def test_double_heads_combine_the_choice_and_lm_losses_with_the_configured_weight():
+    config = tiny_config("gpt1-tiny", pad_token_id=PAD, lm_loss_weight=0.25)
+    model = seeded(HfGptDoubleHeadsModel, config)
+    ids = random_ids(config, batch=6, length=10).view(2, 3, 10)  # 2 questions x 3 choices
+    mc_token_ids = torch.tensor([[9, 7, 5], [9, 9, 3]])
+    mc_labels = torch.tensor([1, 2])
+    both = model(ids, mc_token_ids=mc_token_ids, labels=ids, mc_labels=mc_labels)
+    assert both.logits.shape == (2, 3, 10, config.vocab_size) and both.mc_logits.shape == (2, 3)
+    torch.testing.assert_close(both.loss, both.mc_loss + 0.25 * both.lm_loss)
+    only_mc = model(ids, mc_token_ids=mc_token_ids, mc_labels=mc_labels)
+    torch.testing.assert_close(only_mc.loss, torch.nn.functional.cross_entropy(only_mc.mc_logits, mc_labels))
+    # The choice score reads the body at mc_token_ids: the same as a classifier over that one position.
+    hidden = model.transformer(ids.view(6, 10)).last_hidden_state
+    picked = hidden[torch.arange(6), mc_token_ids.view(-1)]
+    torch.testing.assert_close(both.mc_logits, model.mc_head(picked).view(2, 3))
+    assert HfGptDoubleHeadsModel(tiny_config("gpt1-tiny")).config.lm_loss_weight == 0.5  # GPT-1's λ
+    with pytest.raises(ValueError, match=r"mc_token_ids has shape \(2,\), expected \(2, 3\)"):
+        model(ids, mc_token_ids=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match=r"mc_token_ids must lie in \[0, 10\)"):
+        model(ids, mc_token_ids=torch.full((2, 3), 10))
+    with pytest.raises(ValueError, match=r"expected inputs of shape \(batch, num_choices, length"):
+        model(ids.view(6, 10))
+
+
+class TestBadInputs:
+    config = tiny_config()
+    model = seeded(HfGptForCausalLM, config)
+
+    def test_token_ids_outside_the_vocabulary(self):
+        with pytest.raises(ValueError, match=r"token id 1024, outside the vocabulary \[0, 1024\)"):
+            self.model(torch.tensor([[5, 1024]]))
+        with pytest.raises(ValueError, match=r"token id -3, outside the vocabulary"):
+            self.model(torch.tensor([[-3, 5]]))
+
+    def test_sequences_longer_than_the_learned_positions(self):
+        too_long = torch.zeros(1, self.config.max_position_embeddings + 1, dtype=torch.long)
+        with pytest.raises(ValueError, match="sequence length 129 .* exceeds max_position_embeddings=128"):
+            self.model(too_long)
+        cache = DynamicCache(config=self.config)
+        self.model(torch.zeros(1, 120, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match=r"sequence length 130 \(cached 120 \+ new 10\) exceeds"):
+            self.model(torch.zeros(1, 10, dtype=torch.long), cache=cache)
+
+    def test_generation_that_would_pass_the_learned_positions_fails_before_it_starts(self):
+        with pytest.raises(ValueError, match="generation would reach 140 tokens .* max_position_embeddings=128"):
+            self.model.generate(torch.zeros(1, 100, dtype=torch.long), max_new_tokens=40)
+
+    def test_an_attention_mask_of_the_wrong_shape(self):
+        with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 5\), expected \(2, 6\)"):
+            self.model(torch.zeros(2, 6, dtype=torch.long), attention_mask=torch.ones(2, 5, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"attention_mask has shape \(3, 6\), expected \(2, 6\)"):
+            self.model(torch.zeros(2, 6, dtype=torch.long), attention_mask=torch.ones(3, 6, dtype=torch.long))
+
+    def test_both_or_neither_of_input_ids_and_inputs_embeds(self):
+        ids = torch.zeros(1, 4, dtype=torch.long)
+        with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+            self.model(ids, inputs_embeds=self.model.get_input_embeddings()(ids))
+        with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
+            self.model()
+
+
+def test_token_ids_are_read_back_once_per_generation_not_per_step(monkeypatch):
+    """The id check syncs with the device; it must run on the prompt only, not on every new token."""
+    config = tiny_config()
+    model = seeded(HfGptForCausalLM, config)
+    calls = []
+    real_aminmax = torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda *a, **k: calls.append(1) or real_aminmax(*a, **k))
+    model.generate(random_ids(config, length=5), max_new_tokens=12, do_sample=False)
+    assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_forward_and_static_cache_decoding_compile_without_graph_breaks():
+    config = tiny_config("gpt3-tiny")
+    model = seeded(HfGptForCausalLM, config)
+    ids = random_ids(config, batch=1, length=8)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: a graph break raises
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
+        cache = StaticCache(config=copy.deepcopy(config), max_cache_len=32)
+        model(ids, cache=cache)
+        step = compiled(ids[:, -1:], cache=cache, position_ids=torch.tensor([[8]])).logits
+    reference = model(torch.cat([ids, ids[:, -1:]], dim=1)).logits[:, -1:]
+    torch.testing.assert_close(step, reference, atol=1e-5, rtol=1e-4)
