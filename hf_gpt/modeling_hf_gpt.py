@@ -274,7 +274,7 @@ class HfGptModel(HfGptPreTrainedModel):
         masks = self._attention_masks(inputs_embeds, attention_mask, cache, position_ids)
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for block, layer_type in zip(self.h, self.config.layer_types):
+        for block, layer_type in zip(self.h, self.config.layer_types, strict=True):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             hidden_states, weights = block(
@@ -394,7 +394,9 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         )
         hidden_states = outputs.last_hidden_state
         batch, length = hidden_states.shape[:2]
-        last = last_token_index(input_ids, attention_mask, self.config.pad_token_id, batch, length, hidden_states.device)
+        last = last_token_index(
+            input_ids, attention_mask, self.config.pad_token_id, batch, length, hidden_states.device
+        )
         logits = self.score(self.dropout(gather_rows(hidden_states, last)))
         loss = None
         if labels is not None:

@@ -212,7 +212,7 @@ def test_hidden_states_and_attention_weights_are_returned_on_request(preset):
     assert len(out.hidden_states) == config.num_hidden_layers + 1
     torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
     assert len(out.attentions) == config.num_hidden_layers
-    for kind, weights in zip(config.attention_layers, out.attentions):
+    for kind, weights in zip(config.attention_layers, out.attentions, strict=True):
         assert weights.shape == (2, config.num_attention_heads, 20, 20)
         torch.testing.assert_close(weights.sum(-1), torch.ones(2, config.num_attention_heads, 20))
         assert torch.all(weights.triu(diagonal=1) == 0)  # causal
@@ -256,7 +256,9 @@ def test_device_map_auto_loads_and_never_splits_a_block(tmp_path):
 
     block_bytes = sum(p.numel() * p.element_size() for p in model.transformer.h[0].parameters())
     device_map = infer_auto_device_map(
-        model, max_memory={"cpu": int(2.5 * block_bytes), "disk": 10**12}, no_split_module_classes=model._no_split_modules
+        model,
+        max_memory={"cpu": int(2.5 * block_bytes), "disk": 10**12},
+        no_split_module_classes=model._no_split_modules,
     )
     assert set(device_map.values()) == {"cpu", "disk"}  # the model really was split ...
     for name in device_map:  # ... but only between blocks, never inside one
