@@ -151,6 +151,8 @@ class HfGptConfig(PretrainedConfig):
         if self.attention_layers is None:
             self.attention_layers = ["global"] * self.num_hidden_layers
         self.attention_layers = list(self.attention_layers)
+        if self.id2label is not None and self.label2id is None:  # pipelines look labels up by name
+            self.label2id = {label: index for index, label in self.id2label.items()}
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
         self.check()
 
