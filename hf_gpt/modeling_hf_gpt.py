@@ -158,7 +158,8 @@ class HfGptPreTrainedModel(PreTrainedModel):
         """Save as transformers does, plus the flat code files that `trust_remote_code=True` loads."""
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private") if key in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
-        custom_object_save(self, save_directory)
+        if kwargs.get("is_main_process", True):
+            custom_object_save(self, save_directory)
         if push_to_hub:
             # push_to_hub saves through this method again, into a fresh folder it uploads whole.
             repo_id = hub_kwargs.pop("repo_id", Path(save_directory).name)

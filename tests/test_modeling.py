@@ -49,11 +49,7 @@ def test_every_head_runs_on_one_shared_body(preset):
             assert {f"transformer.{key}" for key in body_keys} <= set(model.state_dict())
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "flex_attention"])
-def test_fused_attention_matches_eager(preset, attn_implementation):
-    if attn_implementation == "flex_attention" and preset != "gpt3-tiny":
-        pytest.skip("flex_attention compiles for each shape: one preset (with local layers) covers it")
-    config = tiny_config(preset, pad_token_id=PAD)
+def assert_same_logits_as_eager(config, attn_implementation):
     ids = random_ids(config, length=40)
     mask = torch.ones_like(ids)
     mask[0, :7] = 0  # left padding in one row
@@ -65,6 +61,16 @@ def test_fused_attention_matches_eager(preset, attn_implementation):
         actual = fused(ids, attention_mask=mask).logits
     real = mask.bool()
     torch.testing.assert_close(actual[real], expected[real], atol=1e-5, rtol=1e-4)
+
+
+def test_sdpa_matches_eager(preset):
+    assert_same_logits_as_eager(tiny_config(preset, pad_token_id=PAD), "sdpa")
+
+
+@pytest.mark.slow
+def test_flex_attention_matches_eager():
+    # flex_attention compiles per shape, so one preset: the one with both global and local layers.
+    assert_same_logits_as_eager(tiny_config("gpt3-tiny", pad_token_id=PAD), "flex_attention")
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and is_flash_attn_2_available()), reason="needs CUDA and flash-attn")
@@ -322,6 +328,14 @@ def test_double_heads_combine_the_choice_and_lm_losses_with_the_configured_weigh
         model(ids, mc_token_ids=torch.full((2, 3), 10))
     with pytest.raises(ValueError, match=r"expected inputs of shape \(batch, num_choices, length"):
         model(ids.view(6, 10))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bad_token_ids_on_cuda_are_a_python_error_not_a_device_assert():
+    model = seeded(HfGptForCausalLM, tiny_config()).cuda()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(torch.tensor([[5, 1024]], device="cuda"))
+    assert model(torch.tensor([[5, 1023]], device="cuda")).logits.isfinite().all()  # the device still works
 
 
 class TestBadInputs:
