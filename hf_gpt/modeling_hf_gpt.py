@@ -40,8 +40,11 @@ logger = logging.get_logger(__name__)
 CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
-def _with_cache(output_class, cache, **fields):
-    return output_class(**fields, **{CACHE_FIELD: cache})
+def head_output(output_class, body_outputs: BaseModelOutputWithPast, **fields):
+    """A head's output: its own fields plus the body's hidden states, attentions and (where it has one) cache."""
+    if CACHE_FIELD in output_class.__dataclass_fields__:
+        fields[CACHE_FIELD] = getattr(body_outputs, CACHE_FIELD)
+    return output_class(hidden_states=body_outputs.hidden_states, attentions=body_outputs.attentions, **fields)
 
 
 def _pick_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -286,12 +289,11 @@ class HfGptModel(HfGptPreTrainedModel):
         hidden_states = self.ln_f(hidden_states)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
-        return _with_cache(
-            BaseModelOutputWithPast,
-            cache if use_cache else None,
+        return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
+            **{CACHE_FIELD: cache if use_cache else None},
         )
 
 
@@ -359,14 +361,7 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
-        return _with_cache(
-            CausalLMOutputWithPast,
-            getattr(outputs, CACHE_FIELD),
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return head_output(CausalLMOutputWithPast, outputs, loss=loss, logits=logits)
 
 
 class HfGptForSequenceClassification(HfGptPreTrainedModel):
@@ -385,14 +380,11 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
-        outputs = self.transformer(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs
-        )
+        r"""kwargs: the body's other inputs (position_ids, inputs_embeds, cache, output_*)."""
+        outputs = self.transformer(input_ids, attention_mask=attention_mask, **kwargs)
         hidden_states = outputs.last_hidden_state
         batch, length = hidden_states.shape[:2]
         last = last_token_index(
@@ -402,14 +394,7 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
-        return _with_cache(
-            SequenceClassifierOutputWithPast,
-            getattr(outputs, CACHE_FIELD),
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return head_output(SequenceClassifierOutputWithPast, outputs, loss=loss, logits=logits)
 
 
 class HfGptForTokenClassification(HfGptPreTrainedModel):
@@ -426,23 +411,14 @@ class HfGptForTokenClassification(HfGptPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> TokenClassifierOutput:
-        outputs = self.transformer(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            **{**kwargs, "use_cache": False},  # this head returns no cache
-        )
+        r"""kwargs: the body's other inputs (position_ids, inputs_embeds, output_*)."""
+        outputs = self.transformer(input_ids, attention_mask=attention_mask, **{**kwargs, "use_cache": False})
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = self.loss_function(logits, labels, self.config) if labels is not None else None
-        return TokenClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
-        )
+        return head_output(TokenClassifierOutput, outputs, loss=loss, logits=logits)
 
 
 class HfGptForQuestionAnswering(HfGptPreTrainedModel):
@@ -459,29 +435,22 @@ class HfGptForQuestionAnswering(HfGptPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        inputs_embeds: torch.Tensor | None = None,
         start_positions: torch.LongTensor | None = None,
         end_positions: torch.LongTensor | None = None,
         **kwargs,
     ) -> QuestionAnsweringModelOutput:
-        outputs = self.transformer(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            **{**kwargs, "use_cache": False},  # this head returns no cache
-        )
+        r"""kwargs: the body's other inputs (position_ids, inputs_embeds, output_*)."""
+        outputs = self.transformer(input_ids, attention_mask=attention_mask, **{**kwargs, "use_cache": False})
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).unbind(-1)
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = self.loss_function(start_logits, end_logits, start_positions, end_positions)
-        return QuestionAnsweringModelOutput(
+        return head_output(
+            QuestionAnsweringModelOutput,
+            outputs,
             loss=loss,
             start_logits=start_logits.contiguous(),
             end_logits=end_logits.contiguous(),
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
         )
 
 
@@ -570,14 +539,14 @@ class HfGptDoubleHeadsModel(HfGptPreTrainedModel):
             loss = mc_loss + self.config.lm_loss_weight * lm_loss
         else:
             loss = mc_loss if mc_loss is not None else lm_loss
-        return HfGptDoubleHeadsModelOutput(
+        return head_output(
+            HfGptDoubleHeadsModelOutput,
+            outputs,
             loss=loss,
             mc_loss=mc_loss,
             lm_loss=lm_loss,
             logits=lm_logits.view(*choices, length, -1),
             mc_logits=mc_logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
         )
 
 
