@@ -168,6 +168,11 @@ class HfGptConfig(PretrainedConfig):
         """The band width of "local" layers, under the name transformers' caches and masks read."""
         return self.local_window if "local" in (self.attention_layers or ()) else None
 
+    @sliding_window.setter
+    def sliding_window(self, value: int | None) -> None:
+        if value is not None:
+            self.local_window = value
+
     def check(self) -> None:
         """Raise a ValueError naming the first bad value and what would be allowed."""
         for name in (

@@ -78,6 +78,7 @@ class HfGptAttention(nn.Module):
         self.sliding_window = config.local_window if config.attention_layers[layer_idx] == "local" else None
         self.c_attn = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.c_proj = nn.Linear(config.hidden_size, config.hidden_size)
+        self.c_proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, hidden_states, attention_mask, cache: Cache | None = None, **kwargs):
@@ -108,6 +109,7 @@ class HfGptMLP(nn.Module):
         self.c_fc = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = ACT2FN[config.activation_function]
         self.c_proj = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.c_proj.is_residual_projection = True
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, hidden_states):
@@ -153,9 +155,9 @@ class HfGptPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         """GPT-2 init: N(0, 0.02) everywhere, residual output projections scaled by 1/sqrt(2 * layers)."""
         super()._init_weights(module)
-        if isinstance(module, (HfGptAttention, HfGptMLP)):
+        if getattr(module, "is_residual_projection", False):
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
-            init.normal_(module.c_proj.weight, mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
 
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """Save as transformers does, plus the flat code files that `trust_remote_code=True` loads."""
@@ -169,22 +171,28 @@ class HfGptPreTrainedModel(PreTrainedModel):
             self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)
 
 
-def check_inputs(config, input_ids, inputs_embeds, attention_mask, past_length) -> None:
+def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids, cache, past_length) -> None:
     """Reject bad inputs with a ValueError before they reach an embedding lookup (a CUDA device assert).
 
-    Shape checks are free. The token-id check reads values back from the device, so it runs only where
-    ids enter (prompts, training batches: several tokens, or an empty cache), never per decoding step,
-    and not inside torch.compile.
+    Shape checks are free. Value checks (token ids, explicit position ids) read back from the device, so
+    they run only where ids enter: without a cache (training batches), into an empty dynamic cache, or as
+    a multi-token prefill of a static cache. Decoding steps, assisted-decoding candidates included, and
+    torch.compile'd regions skip them.
     """
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds (got both or neither)")
     batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+    limit = config.max_position_embeddings
     known_past = isinstance(past_length, int)  # a static cache keeps its length on the device
-    if known_past and past_length + length > config.max_position_embeddings:
+    if known_past and past_length + length > limit:
         raise ValueError(
             f"sequence length {past_length + length} (cached {past_length} + new {length}) exceeds "
-            f"max_position_embeddings={config.max_position_embeddings}"
+            f"max_position_embeddings={limit}"
         )
+    if not known_past:  # a fixed-size cache must not hold more tokens than there are positions
+        capacity = max(layer.get_max_length() for layer in cache.layers)
+        if capacity > limit:
+            raise ValueError(f"the cache holds up to {capacity} tokens, more than max_position_embeddings={limit}")
     if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
         expected = past_length + length if known_past else None
         if attention_mask.shape[0] != batch or (expected is not None and attention_mask.shape[1] != expected):
@@ -192,12 +200,18 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, past_length) 
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
                 f"({batch}, {expected if known_past else 'cached + new tokens'})"
             )
-    entering = length > 1 or (known_past and past_length == 0)
-    if input_ids is not None and input_ids.numel() and entering and not torch.compiler.is_compiling():
+    entering = cache is None or (past_length == 0 if known_past else length > 1)
+    if not entering or torch.compiler.is_compiling():
+        return
+    if input_ids is not None and input_ids.numel():
         low, high = (value.item() for value in torch.aminmax(input_ids))
         if low < 0 or high >= config.vocab_size:
             bad = low if low < 0 else high
             raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {config.vocab_size})")
+    if position_ids is not None and position_ids.numel():
+        low, high = (value.item() for value in torch.aminmax(position_ids))
+        if low < 0 or high >= limit:
+            raise ValueError(f"position_ids contains {low if low < 0 else high}, outside [0, {limit})")
 
 
 def positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -210,6 +224,7 @@ class HfGptModel(HfGptPreTrainedModel):
     """The decoder body: token + position embeddings, the blocks, and (pre-norm only) a final LayerNorm."""
 
     def __init__(self, config: HfGptConfig):
+        config.check()  # again: from_pretrained(..., **overrides) and setattr change a config after __init__
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)
@@ -256,6 +271,11 @@ class HfGptModel(HfGptPreTrainedModel):
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions needs attn_implementation='eager'; this model uses "
+                f"{self.config._attn_implementation!r}, which does not return attention weights"
+            )
         if self.gradient_checkpointing and self.training:
             if cache is not None:
                 logger.warning_once("gradient checkpointing recomputes layers, so the KV cache is ignored")
@@ -264,7 +284,7 @@ class HfGptModel(HfGptPreTrainedModel):
             cache = DynamicCache(config=self.config)
 
         past_length = cache.get_seq_length() if cache is not None else 0
-        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, past_length)
+        check_inputs(self.config, input_ids, inputs_embeds, attention_mask, position_ids, cache, past_length)
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
         length = inputs_embeds.shape[1]
@@ -367,6 +387,8 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
 class HfGptForSequenceClassification(HfGptPreTrainedModel):
     """Classifies a sequence from its last real token, as GPT-1 does (left or right padding)."""
 
+    accepts_loss_kwargs = False  # a per-batch mean loss: Trainer must scale it for gradient accumulation
+
     def __init__(self, config: HfGptConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -398,6 +420,8 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
 
 
 class HfGptForTokenClassification(HfGptPreTrainedModel):
+    accepts_loss_kwargs = False  # a per-batch mean loss: Trainer must scale it for gradient accumulation
+
     def __init__(self, config: HfGptConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
@@ -423,6 +447,8 @@ class HfGptForTokenClassification(HfGptPreTrainedModel):
 
 class HfGptForQuestionAnswering(HfGptPreTrainedModel):
     """Extractive QA: a start and an end logit per token."""
+
+    accepts_loss_kwargs = False  # a per-batch mean loss: Trainer must scale it for gradient accumulation
 
     def __init__(self, config: HfGptConfig):
         super().__init__(config)
@@ -474,6 +500,7 @@ class HfGptDoubleHeadsModel(HfGptPreTrainedModel):
     """
 
     _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+    accepts_loss_kwargs = False  # per-batch mean losses: Trainer must scale them for gradient accumulation
 
     def __init__(self, config: HfGptConfig):
         super().__init__(config)

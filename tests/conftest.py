@@ -19,10 +19,13 @@ TEXT = [
 
 
 def tiny_config(preset: str = "gpt2-tiny", **overrides) -> HfGptConfig:
-    """A tiny preset without dropout, so two forwards of the same input agree exactly."""
-    return HfGptConfig.from_preset(
-        preset, **{"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0, "classifier_dropout": 0.0, **overrides}
-    )
+    """A tiny preset without dropout, so two forwards of the same input agree exactly.
+
+    Its weights start wide (std 0.5): with GPT-2's 0.02 a tiny random model repeats one token whatever
+    came before, and such output would hide a cache or position bug.
+    """
+    no_dropout = {"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0, "classifier_dropout": 0.0}
+    return HfGptConfig.from_preset(preset, **{**no_dropout, "initializer_range": 0.5, **overrides})
 
 
 def seeded(model_class, config, seed: int = 0, **kwargs):

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from transformers.utils import is_flash_attn_2_available
 
 from hf_gpt import (
+    HfGptConfig,
     HfGptDoubleHeadsModel,
     HfGptForCausalLM,
     HfGptForQuestionAnswering,
@@ -60,7 +61,7 @@ def assert_same_logits_as_eager(config, attn_implementation):
         expected = eager(ids, attention_mask=mask).logits
         actual = fused(ids, attention_mask=mask).logits
     real = mask.bool()
-    torch.testing.assert_close(actual[real], expected[real], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(actual[real], expected[real], atol=2e-4, rtol=1e-4)
 
 
 def test_sdpa_matches_eager(preset):
@@ -94,7 +95,7 @@ def test_decoding_token_by_token_with_a_cache_matches_one_full_forward(preset):
     for position in range(10, 40):
         out = model(ids[:, position : position + 1], cache=cache)
         steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-4, rtol=1e-4)
 
 
 def test_past_key_values_is_accepted_as_the_cache_argument_name():
@@ -107,7 +108,7 @@ def test_past_key_values_is_accepted_as_the_cache_argument_name():
         cache = DynamicCache(config=config)
         model(ids[:, :7], **{name: cache})
         assert cache.get_seq_length() == 7
-        torch.testing.assert_close(model(ids[:, 7:], **{name: cache}).logits[:, -1], full, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model(ids[:, 7:], **{name: cache}).logits[:, -1], full, atol=2e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="not both"):
         model(ids, cache=DynamicCache(config=config), past_key_values=DynamicCache(config=config))
 
@@ -123,7 +124,7 @@ def test_static_cache_matches_dynamic_cache(preset):
         for position in range(20, 24):
             steps.append(model(ids[:, position : position + 1], cache=cache).logits[:, -1])
         logits[name] = torch.stack(steps)
-    torch.testing.assert_close(logits["static"], logits["dynamic"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits["static"], logits["dynamic"], atol=2e-4, rtol=1e-4)
 
 
 def test_local_layers_attend_only_to_their_window():
@@ -154,7 +155,43 @@ def test_a_padded_batch_gives_each_row_the_logits_it_gets_alone(preset, side):
     batched = model(ids, attention_mask=mask).logits
     for i, row in enumerate(rows):
         alone = model(row[None]).logits[0]
-        torch.testing.assert_close(batched[i][mask[i].bool()], alone, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(batched[i][mask[i].bool()], alone, atol=2e-4, rtol=1e-4)
+
+
+def test_a_left_padded_batch_decoded_with_a_cache_matches_each_row_alone(preset):
+    """Positions come from the attention mask on every step, not only on the prompt (no generate())."""
+    config = tiny_config(preset, pad_token_id=PAD)
+    model = seeded(HfGptForCausalLM, config)
+    rows = [random_ids(config, batch=1, length=n, seed=n)[0] for n in (20, 11)]
+    ids = torch.full((2, 20), PAD)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, 20 - len(row) :], mask[i, 20 - len(row) :] = row, 1
+    steps = random_ids(config, length=6, seed=99)
+    cache = DynamicCache(config=config)
+    model(ids, attention_mask=mask, cache=cache)
+    batched = []
+    for t in range(6):
+        mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], dim=1)
+        batched.append(model(steps[:, t : t + 1], attention_mask=mask, cache=cache).logits[:, -1])
+    for i, row in enumerate(rows):
+        alone = model(torch.cat([row, steps[i]])[None]).logits[0, -6:]
+        torch.testing.assert_close(torch.stack([b[i] for b in batched]), alone, atol=2e-4, rtol=1e-4)
+
+
+def test_residual_projections_start_scaled_down_by_depth():
+    """GPT-2's init: N(0, 0.02), and the residual output projections 1/sqrt(2 * layers) of that."""
+    config = HfGptConfig.from_preset("gpt2-tiny", hidden_size=256, num_hidden_layers=8)
+    torch.manual_seed(0)
+    model = HfGptForCausalLM(config)
+    scaled = 0.02 / (2 * 8) ** 0.5
+    for block in model.transformer.h:
+        assert block.attn.c_proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
+        assert block.mlp.c_proj.weight.std().item() == pytest.approx(scaled, rel=0.05)
+        assert block.attn.c_attn.weight.std().item() == pytest.approx(0.02, rel=0.05)
+        assert block.mlp.c_fc.weight.std().item() == pytest.approx(0.02, rel=0.05)
+        assert torch.all(block.attn.c_proj.bias == 0) and torch.all(block.ln_1.weight == 1)
+    assert model.transformer.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(preset):
@@ -282,7 +319,7 @@ def test_sequence_classification_pools_the_last_real_token_for_left_and_right_pa
     right = model(torch.cat([row, pad])[None], attention_mask=torch.cat([ones, zeros])[None]).logits
     right_no_mask = model(torch.cat([row, pad])[None]).logits  # falls back to pad_token_id
     for logits in (left, right, right_no_mask):
-        torch.testing.assert_close(logits, alone, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(logits, alone, atol=2e-4, rtol=1e-4)
     labels = torch.tensor([2])
     expected = torch.nn.functional.cross_entropy(alone, labels)
     torch.testing.assert_close(model(row[None], labels=labels).loss, expected)
@@ -361,6 +398,30 @@ class TestBadInputs:
         with pytest.raises(ValueError, match="generation would reach 140 tokens .* max_position_embeddings=128"):
             self.model.generate(torch.zeros(1, 100, dtype=torch.long), max_new_tokens=40)
 
+    def test_a_static_cache_larger_than_the_learned_positions(self):
+        cache = StaticCache(config=copy.deepcopy(self.config), max_cache_len=200)
+        self.model(torch.zeros(1, 100, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match="the cache holds up to 200 tokens, more than max_position_embeddings=128"):
+            self.model(torch.zeros(1, 40, dtype=torch.long), cache=cache)
+
+    def test_explicit_position_ids_outside_the_learned_positions(self):
+        with pytest.raises(ValueError, match=r"position_ids contains 128, outside \[0, 128\)"):
+            self.model(torch.zeros(1, 2, dtype=torch.long), position_ids=torch.tensor([[127, 128]]))
+
+    def test_a_config_changed_after_construction_is_checked_when_the_model_is_built(self, tmp_path):
+        seeded(HfGptForCausalLM, tiny_config("gpt3-tiny")).save_pretrained(tmp_path)
+        with pytest.raises(ValueError, match="attention_layers has 2 entries but num_hidden_layers is 1"):
+            AutoModelForCausalLM.from_pretrained(tmp_path, num_hidden_layers=1)
+        config = tiny_config()
+        config.hidden_size = 65
+        with pytest.raises(ValueError, match=r"hidden_size \(65\) must be divisible by num_attention_heads \(4\)"):
+            HfGptForCausalLM(config)
+
+    def test_attention_weights_from_a_kernel_that_has_none(self):
+        model = seeded(HfGptModel, self.config, attn_implementation="sdpa")
+        with pytest.raises(ValueError, match="output_attentions needs attn_implementation='eager'.* 'sdpa'"):
+            model(torch.zeros(1, 4, dtype=torch.long), output_attentions=True)
+
     def test_an_attention_mask_of_the_wrong_shape(self):
         with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 5\), expected \(2, 6\)"):
             self.model(torch.zeros(2, 6, dtype=torch.long), attention_mask=torch.ones(2, 5, dtype=torch.long))
@@ -375,28 +436,51 @@ class TestBadInputs:
             self.model()
 
 
-def test_token_ids_are_read_back_once_per_generation_not_per_step(monkeypatch):
-    """The id check syncs with the device; it must run on the prompt only, not on every new token."""
+@pytest.mark.parametrize("mode", ["greedy", "beam", "assisted"])
+def test_input_checks_read_the_device_per_generation_not_per_step(monkeypatch, mode):
+    """Checking values syncs with the device: it must happen on the prompt only, not per new token."""
     config = tiny_config()
     model = seeded(HfGptForCausalLM, config)
-    calls = []
+    extra = {
+        "greedy": {},
+        "beam": {"num_beams": 2},
+        "assisted": {"assistant_model": seeded(HfGptForCausalLM, tiny_config(num_hidden_layers=1), seed=1)},
+    }[mode]
+    reads = []
     real_aminmax = torch.aminmax
-    monkeypatch.setattr(torch, "aminmax", lambda *a, **k: calls.append(1) or real_aminmax(*a, **k))
-    model.generate(random_ids(config, length=5), max_new_tokens=12, do_sample=False)
-    assert len(calls) == 1
+    monkeypatch.setattr(torch, "aminmax", lambda *a, **k: reads.append(1) or real_aminmax(*a, **k))
+    counts = []
+    for new_tokens in (4, 16):
+        reads.clear()
+        ids = random_ids(config, batch=1, length=5)
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False, **extra)
+        counts.append(len(reads))
+    assert counts[0] == counts[1] and 0 < counts[0] <= 4, counts  # prompt ids/positions, of each model
 
 
 @pytest.mark.slow
 def test_forward_and_static_cache_decoding_compile_without_graph_breaks():
-    config = tiny_config("gpt3-tiny")
-    model = seeded(HfGptForCausalLM, config)
-    ids = random_ids(config, batch=1, length=8)
+    # fullgraph=True turns any graph break into an error; the eager backend keeps it quick on CPU.
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend="eager", fullgraph=True)  # fullgraph: a graph break raises
+    local = seeded(HfGptForCausalLM, tiny_config("gpt3-tiny"))
+    ids = random_ids(local.config, batch=1, length=8)
+    compiled = torch.compile(local, backend="eager", fullgraph=True)
     with torch.no_grad():
-        torch.testing.assert_close(compiled(ids, use_cache=False).logits, model(ids, use_cache=False).logits)
-        cache = StaticCache(config=copy.deepcopy(config), max_cache_len=32)
-        model(ids, cache=cache)
-        step = compiled(ids[:, -1:], cache=cache, position_ids=torch.tensor([[8]])).logits
-    reference = model(torch.cat([ids, ids[:, -1:]], dim=1)).logits[:, -1:]
-    torch.testing.assert_close(step, reference, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(compiled(ids, use_cache=False).logits, local(ids, use_cache=False).logits)
+
+    config = tiny_config()
+    model = seeded(HfGptForCausalLM, config)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    cache = StaticCache(config=copy.deepcopy(config), max_cache_len=32)
+    tokens = random_ids(config, batch=1, length=14)
+    with torch.no_grad():
+        model(tokens[:, :8], cache=cache)  # prefill eagerly, then decode compiled
+        steps = []
+        for position in range(8, 14):
+            if position == 9:  # after the first compiled step, a recompile (per position) would be an error
+                torch._dynamo.config.error_on_recompile = True
+            step = compiled(tokens[:, position : position + 1], cache=cache, position_ids=torch.tensor([[position]]))
+            steps.append(step.logits[:, -1])
+        torch._dynamo.config.error_on_recompile = False
+    reference = model(tokens).logits[:, 8:14]
+    torch.testing.assert_close(torch.stack(steps, dim=1), reference, atol=2e-4, rtol=1e-4)
