@@ -44,6 +44,9 @@ def test_config_round_trips_through_save_and_auto_config(tmp_path):
     assert loaded.to_diff_dict() == config.to_diff_dict()
     assert loaded.layer_types == ["full_attention", "sliding_attention"]
     assert loaded.sliding_window == 16
+    loaded.sliding_window = 8  # transformers' name for the band writes ours
+    assert loaded.local_window == 8
+    assert HfGptConfig.from_preset("gpt2-tiny").sliding_window is None  # no local layers, no band
 
 
 @pytest.mark.parametrize(
