@@ -141,7 +141,7 @@ class HfGptBlock(GradientCheckpointingLayer):
 
 class HfGptPreTrainedModel(PreTrainedModel):
     config: HfGptConfig
-    config_class = HfGptConfig
+    config_class = HfGptConfig  # the annotation is a string here (postponed annotations): name the class
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["HfGptBlock"]
@@ -171,6 +171,17 @@ class HfGptPreTrainedModel(PreTrainedModel):
             self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)
 
 
+def first_out_of_range(values: torch.Tensor, limit: int) -> int | None:
+    """The smallest negative or largest >= limit value, else None (one device read, for min and max)."""
+    low, high = (value.item() for value in torch.aminmax(values))
+    return low if low < 0 else high if high >= limit else None
+
+
+def is_padding_mask(attention_mask) -> bool:
+    """A 2D (batch, length) 0/1 mask, rather than a prepared 4D mask, a dict of them, or None."""
+    return isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2
+
+
 def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids, cache, past_length) -> None:
     """Reject bad inputs with a ValueError before they reach an embedding lookup (a CUDA device assert).
 
@@ -193,7 +204,7 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
         capacity = max(layer.get_max_length() for layer in cache.layers)
         if capacity > limit:
             raise ValueError(f"the cache holds up to {capacity} tokens, more than max_position_embeddings={limit}")
-    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+    if is_padding_mask(attention_mask):
         expected = past_length + length if known_past else None
         if attention_mask.shape[0] != batch or (expected is not None and attention_mask.shape[1] != expected):
             raise ValueError(
@@ -204,14 +215,11 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
     if not entering or torch.compiler.is_compiling():
         return
     if input_ids is not None and input_ids.numel():
-        low, high = (value.item() for value in torch.aminmax(input_ids))
-        if low < 0 or high >= config.vocab_size:
-            bad = low if low < 0 else high
+        if (bad := first_out_of_range(input_ids, config.vocab_size)) is not None:
             raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {config.vocab_size})")
     if position_ids is not None and position_ids.numel():
-        low, high = (value.item() for value in torch.aminmax(position_ids))
-        if low < 0 or high >= limit:
-            raise ValueError(f"position_ids contains {low if low < 0 else high}, outside [0, {limit})")
+        if (bad := first_out_of_range(position_ids, limit)) is not None:
+            raise ValueError(f"position_ids contains {bad}, outside [0, {limit})")
 
 
 def positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -289,7 +297,7 @@ class HfGptModel(HfGptPreTrainedModel):
             inputs_embeds = self.wte(input_ids)
         length = inputs_embeds.shape[1]
         if position_ids is None:
-            if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            if is_padding_mask(attention_mask):
                 position_ids = positions_from_mask(attention_mask, length)
             else:
                 position_ids = (torch.arange(length, device=inputs_embeds.device) + past_length).unsqueeze(0)
@@ -317,9 +325,10 @@ class HfGptModel(HfGptPreTrainedModel):
         )
 
 
-def last_token_index(input_ids, attention_mask, pad_token_id, batch: int, length: int, device) -> torch.Tensor:
+def last_token_index(hidden_states, input_ids, attention_mask, pad_token_id) -> torch.Tensor:
     """Index of each row's last real token, for left and right padding alike."""
-    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+    batch, length, device = hidden_states.shape[0], hidden_states.shape[1], hidden_states.device
+    if is_padding_mask(attention_mask):
         real = attention_mask[:, -length:].to(device, torch.int32)
     elif input_ids is not None and pad_token_id is not None:
         real = (input_ids != pad_token_id).to(device, torch.int32)
@@ -371,7 +380,8 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=_pick_cache(cache, past_key_values),
+            cache=cache,
+            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -408,10 +418,7 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         r"""kwargs: the body's other inputs (position_ids, inputs_embeds, cache, output_*)."""
         outputs = self.transformer(input_ids, attention_mask=attention_mask, **kwargs)
         hidden_states = outputs.last_hidden_state
-        batch, length = hidden_states.shape[:2]
-        last = last_token_index(
-            input_ids, attention_mask, self.config.pad_token_id, batch, length, hidden_states.device
-        )
+        last = last_token_index(hidden_states, input_ids, attention_mask, self.config.pad_token_id)
         logits = self.score(self.dropout(gather_rows(hidden_states, last)))
         loss = None
         if labels is not None:
@@ -525,7 +532,7 @@ class HfGptDoubleHeadsModel(HfGptPreTrainedModel):
         r"""mc_token_ids (batch, num_choices): where to read each choice (default: its last real token).
         labels (batch, num_choices, length): LM targets, shifted inside. mc_labels (batch,): the right choice."""
         tokens = input_ids if input_ids is not None else inputs_embeds
-        if tokens is None or tokens.dim() < 3 or (input_ids is not None and input_ids.dim() != 3):
+        if tokens is None or tokens.dim() != (3 if input_ids is not None else 4):
             shape = None if tokens is None else tuple(tokens.shape)
             raise ValueError(f"expected inputs of shape (batch, num_choices, length[, hidden]), got {shape}")
         choices, length = tokens.shape[:2], tokens.shape[2]
@@ -536,7 +543,7 @@ class HfGptDoubleHeadsModel(HfGptPreTrainedModel):
         if mc_token_ids is not None and not torch.compiler.is_compiling():
             if tuple(mc_token_ids.shape) != tuple(choices):
                 raise ValueError(f"mc_token_ids has shape {tuple(mc_token_ids.shape)}, expected {tuple(choices)}")
-            if mc_token_ids.min() < 0 or mc_token_ids.max() >= length:
+            if first_out_of_range(mc_token_ids, length) is not None:
                 raise ValueError(f"mc_token_ids must lie in [0, {length}), got {mc_token_ids.tolist()}")
 
         outputs = self.transformer(
@@ -549,10 +556,7 @@ class HfGptDoubleHeadsModel(HfGptPreTrainedModel):
         hidden_states = outputs.last_hidden_state
         lm_logits = self.lm_head(hidden_states)
         if mc_token_ids is None:
-            rows = hidden_states.shape[0]
-            index = last_token_index(
-                flat(input_ids), flat(attention_mask), self.config.pad_token_id, rows, length, hidden_states.device
-            )
+            index = last_token_index(hidden_states, flat(input_ids), flat(attention_mask), self.config.pad_token_id)
         else:
             index = flat(mc_token_ids)
         mc_logits = self.mc_head(self.mc_dropout(gather_rows(hidden_states, index))).view(choices)
