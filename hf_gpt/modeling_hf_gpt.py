@@ -372,9 +372,12 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
+        shift_labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""labels: next-token targets, shifted inside (pass `labels=input_ids`); -100 is ignored.
+        shift_labels: targets already aligned with the inputs (the next tokens, as `hf_gpt.data.TokenBlocks`
+            serves them); they take precedence over `labels` and let the loss score the last position too.
         logits_to_keep: compute logits only for the last N positions (0 = all), or for given indices."""
         outputs = self.transformer(
             input_ids,
@@ -389,8 +392,10 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(outputs.last_hidden_state[:, keep, :])
         loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, vocab_size=self.config.vocab_size, **kwargs)
+        if labels is not None or shift_labels is not None:
+            loss = self.loss_function(
+                logits, labels, vocab_size=self.config.vocab_size, shift_labels=shift_labels, **kwargs
+            )
         return head_output(CausalLMOutputWithPast, outputs, loss=loss, logits=logits)
 
 

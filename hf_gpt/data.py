@@ -1,0 +1,293 @@
+"""Packed token data: a corpus encoded on all cores into one flat token file per split, served as blocks.
+
+`prepare_data` writes, atomically, into its output folder:
+    train.bin, val.bin   every document's ids followed by the separator (`<|endoftext|>`), as uint16
+                         when the vocabulary fits and uint32 otherwise
+    manifest.json        tokenizer fingerprint, dtype, and documents / tokens per split
+`TokenBlocks` serves fixed-length blocks of a split by memory map, never reading the file into RAM.
+
+Special-token strings inside the text (a literal "<|endoftext|>") are encoded as plain text, like
+tiktoken's `encode_ordinary`: only document ends get the separator id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from transformers import PreTrainedTokenizerBase
+
+from .documents import Corpus, Piece
+from .encoding import CachedEncoder, is_gpt2_byte_level
+from .files import atomic_directory, check_output_dir, write_text_atomic
+from .tokenizer import backend_of, load_tokenizer, tokenizer_fingerprint
+
+MANIFEST = "manifest.json"
+FORMAT = "hf_gpt.tokens/1"
+SPLITS = ("train", "val")
+TASK_CHARS = 1 << 20  # text per task sent to a worker
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def make_encoder(tokenizer_json: str) -> Callable[[str], np.ndarray]:
+    """The fastest exact encoder for this tokenizer: the word cache when it applies."""
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    if is_gpt2_byte_level(tokenizer):
+        return CachedEncoder(tokenizer).encode
+    tokenizer.encode_special_tokens = True
+
+    def encode(text: str) -> np.ndarray:
+        return np.asarray(tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    return encode
+
+
+# Each worker process builds its encoder (and its word cache) once; this is that process's copy.
+_worker_encoder: Callable[[str], np.ndarray] | None = None
+
+
+def _start_worker(tokenizer_json: str) -> None:
+    global _worker_encoder
+    _worker_encoder = make_encoder(tokenizer_json)
+
+
+def _encode_texts(texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
+    return [_worker_encoder(text).astype(dtype) for text in texts]
+
+
+@contextlib.contextmanager
+def tokenizers_single_threaded() -> Iterator[None]:
+    """Workers are the parallelism; tokenizers' own thread pool would only oversubscribe the cores."""
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def batched_pieces(pieces: Iterable[Piece], chars: int = TASK_CHARS) -> Iterator[list[Piece]]:
+    batch, size = [], 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece.text)
+        if size >= chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def encode_pieces(
+    pieces: Iterable[Piece], tokenizer_json: str, dtype: np.dtype, workers: int
+) -> Iterator[tuple[Piece, np.ndarray]]:
+    """Each piece with its ids, in input order, encoded by `workers` processes (at most 2 tasks each in flight)."""
+    tasks = batched_pieces(pieces)
+    if workers == 1:
+        encode = make_encoder(tokenizer_json)
+        for task in tasks:
+            yield from ((piece, encode(piece.text).astype(dtype)) for piece in task)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    with tokenizers_single_threaded(), context.Pool(workers, _start_worker, (tokenizer_json,)) as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append((task, pool.apply_async(_encode_texts, ([p.text for p in task], dtype))))
+            if len(pending) >= 2 * workers:
+                task, result = pending.popleft()
+                yield from zip(task, result.get())
+        while pending:
+            task, result = pending.popleft()
+            yield from zip(task, result.get())
+
+
+class ValidationSplit:
+    """Sends whole pieces to validation so that its share of tokens tracks `fraction` all through the corpus."""
+
+    def __init__(self, fraction: float):
+        self.fraction, self.total, self.validation = fraction, 0, 0
+
+    def takes(self, tokens: int) -> bool:
+        self.total += tokens
+        target = self.fraction * self.total
+        take = abs(self.validation + tokens - target) < abs(self.validation - target)
+        self.validation += tokens if take else 0
+        return take
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def separator_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token to separate documents (GPT-2 uses <|endoftext|>)")
+    return tokenizer.eos_token_id
+
+
+def prepare_data(
+    inputs: Iterable[str | os.PathLike | Any] | str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase | str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    val_fraction: float = 0.01,
+    text_field: str = "text",
+    split: str = "train",
+    invalid_utf8: str = "error",
+    workers: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Encode `inputs` (see `hf_gpt.documents.Corpus`) into packed token files; returns the manifest.
+
+    Validation gets whole pieces (documents, or ~16k-character stretches of long ones) spread evenly
+    through the corpus, about `val_fraction` of the tokens.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not isinstance(tokenizer, PreTrainedTokenizerBase):
+        tokenizer = load_tokenizer(tokenizer)
+    separator = separator_id(tokenizer)
+    workers = workers or available_cores()
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    check_output_dir(output_dir, overwrite)
+    corpus = Corpus(inputs, text_field=text_field, split=split, invalid_utf8=invalid_utf8)
+    dtype = token_dtype(len(tokenizer))
+    splitter = ValidationSplit(val_fraction)
+    counts = {name: {"file": f"{name}.bin", "tokens": 0, "documents": 0} for name in SPLITS}
+    end = np.array([separator], dtype=dtype)
+
+    with atomic_directory(output_dir, overwrite) as staging:
+        with open(staging / "train.bin", "wb") as train, open(staging / "val.bin", "wb") as val:
+            files = {"train": train, "val": val}
+            encoded = encode_pieces(corpus.pieces("encoding"), backend_of(tokenizer).to_str(), dtype, workers)
+            for piece, ids in encoded:
+                if piece.ends_document:
+                    ids = np.concatenate([ids, end])
+                name = "val" if splitter.takes(len(ids)) else "train"
+                files[name].write(ids.tobytes())
+                counts[name]["tokens"] += len(ids)
+                counts[name]["documents"] += piece.ends_document
+        if corpus.characters == 0:
+            raise ValueError(f"the corpus is empty: no text in {[str(i) for i in corpus.inputs]}")
+        if counts["train"]["tokens"] == 0 or (val_fraction > 0 and counts["val"]["tokens"] == 0):
+            raise ValueError(
+                f"the corpus is too small for val_fraction={val_fraction}: {corpus.documents} documents, "
+                f"{splitter.total} tokens; give more text or change val_fraction (0 means no validation split)"
+            )
+        manifest = {
+            "format": FORMAT,
+            "dtype": dtype.name,
+            "tokenizer": {
+                "fingerprint": tokenizer_fingerprint(tokenizer),
+                "vocab_size": len(tokenizer),
+                "separator": tokenizer.convert_ids_to_tokens(separator),
+                "separator_id": separator,
+            },
+            "splits": counts,
+            "documents": corpus.documents,
+            "characters": corpus.characters,
+            "val_fraction": val_fraction,
+            "invalid_utf8": invalid_utf8,
+            "replaced_bytes": corpus.replaced_bytes,
+            "inputs": [str(i) for i in corpus.inputs],
+        }
+        write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    print(
+        f"{corpus.documents} documents -> {counts['train']['tokens']} train + {counts['val']['tokens']} val tokens "
+        f"({dtype.name}) written to {output_dir}"
+    )
+    return manifest
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST} in {data_dir}: prepare it with `hf-gpt prepare-data`")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def check_same_tokenizer(manifest: dict, tokenizer: PreTrainedTokenizerBase | Tokenizer, where: str) -> None:
+    expected, given = manifest["tokenizer"]["fingerprint"], tokenizer_fingerprint(tokenizer)
+    if expected != given:
+        raise ValueError(
+            f"{where} was prepared with a different tokenizer (fingerprint {expected[:12]}, this one {given[:12]}); "
+            "prepare the data again with this tokenizer"
+        )
+
+
+class TokenBlocks(torch.utils.data.Dataset):
+    """Non-overlapping blocks of `block_size` tokens of one split of `prepare_data` output.
+
+    Item i is {"input_ids": tokens[i*T : i*T+T], "labels": the same, "shift_labels": the next tokens}.
+    `labels` follows the Hugging Face convention (the model shifts them); `shift_labels` are already
+    shifted, so the loss also scores the block's last position. Shuffle with the DataLoader (or
+    Accelerate's) for random sampling, or read in order for sequential evaluation. The memory map is
+    opened lazily in each process, so the dataset pickles cheaply into DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        split: str = "train",
+        block_size: int = 1024,
+        tokenizer: PreTrainedTokenizerBase | Tokenizer | None = None,
+    ):
+        manifest = read_manifest(data_dir)
+        if split not in manifest["splits"]:
+            raise ValueError(f"no split {split!r} in {data_dir}; it has {sorted(manifest['splits'])}")
+        if tokenizer is not None:
+            check_same_tokenizer(manifest, tokenizer, str(data_dir))
+        if block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.path = Path(data_dir) / manifest["splits"][split]["file"]
+        self.dtype = np.dtype(manifest["dtype"])
+        self.num_tokens = manifest["splits"][split]["tokens"]
+        if self.path.stat().st_size != self.num_tokens * self.dtype.itemsize:
+            raise ValueError(f"{self.path} does not hold the {self.num_tokens} tokens its manifest lists")
+        if self.num_tokens < block_size + 1:
+            raise ValueError(
+                f"split {split!r} of {data_dir} has {self.num_tokens} tokens, fewer than one block of "
+                f"{block_size} plus its next token; lower block_size or add data"
+            )
+        self.block_size = block_size
+        self.manifest = manifest
+        self._tokens: np.memmap | None = None
+
+    def __len__(self) -> int:
+        return (self.num_tokens - 1) // self.block_size
+
+    @property
+    def tokens(self) -> np.memmap:
+        if self._tokens is None:
+            self._tokens = np.memmap(self.path, dtype=self.dtype, mode="r")
+        return self._tokens
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"block {index} out of range for {len(self)} blocks")
+        start = (index % len(self)) * self.block_size
+        window = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
+        return {"input_ids": window[:-1], "labels": window[:-1], "shift_labels": window[1:]}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokens": None}

@@ -1,0 +1,219 @@
+"""Read a corpus (text files, JSONL, datasets) as a stream of documents cut into bounded pieces.
+
+- A plain text file is one document; a JSONL line or a dataset row is one document.
+- Long documents are cut into pieces of about `piece_chars` characters, only where GPT-2's
+  pre-tokenization cannot join the two sides (before a blank or newline that sits between two
+  non-space characters), so encoding the pieces one by one gives exactly the ids of the whole.
+- Invalid UTF-8 (and lone surrogates from JSON escapes) is rejected by default with the file and byte
+  offset; with invalid_utf8="replace" each bad byte becomes U+FFFD and is counted.
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+READ_BYTES = 1 << 20
+INVALID_UTF8_POLICIES = ("error", "replace")
+JSONL_SUFFIXES = (".jsonl", ".json")
+DATASET_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
+SAFE_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    ends_document: bool
+
+
+def safe_cut(text: str, start: int, stop: int) -> int:
+    """The last position in (start, stop] where `text` may be cut without changing its encoding."""
+    for window_start in (max(start + 1, stop - 4096), start + 1):
+        cuts = [m.start() for m in SAFE_CUT.finditer(text, window_start, stop + 1)]
+        if cuts:
+            return cuts[-1]
+    return stop  # no blank or newline at all: an inexact cut beats an unbounded piece
+
+
+def cut_document(text: str, piece_chars: int) -> Iterator[Piece]:
+    start = 0
+    while len(text) - start > piece_chars:
+        cut = safe_cut(text, start, start + piece_chars)
+        yield Piece(text[start:cut], False)
+        start = cut
+    yield Piece(text[start:], True)
+
+
+class Corpus:
+    """The inputs of a tokenizer or data run, checked before any work starts.
+
+    `inputs` are paths (text files, .jsonl/.json lines, .parquet/.arrow files, a folder that
+    `datasets.load_dataset` understands or one written by `Dataset.save_to_disk`) or `datasets`
+    Dataset / IterableDataset objects.
+    """
+
+    def __init__(
+        self,
+        inputs: Iterable[str | os.PathLike | Any],
+        *,
+        text_field: str = "text",
+        split: str = "train",
+        invalid_utf8: str = "error",
+        piece_chars: int = 16384,
+    ):
+        if invalid_utf8 not in INVALID_UTF8_POLICIES:
+            raise ValueError(f"invalid_utf8 must be one of {INVALID_UTF8_POLICIES}, got {invalid_utf8!r}")
+        self.inputs = [check_input(i) for i in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]
+        if not self.inputs:
+            raise ValueError("no inputs given")
+        self.text_field, self.split, self.invalid_utf8, self.piece_chars = text_field, split, invalid_utf8, piece_chars
+        self.replaced_bytes = 0
+        self.documents = 0
+        self.characters = 0
+
+    @property
+    def file_bytes(self) -> int | None:
+        """Total size when every input is a plain file (for a progress bar), else None."""
+        if all(isinstance(i, Path) and i.is_file() and i.suffix not in DATASET_SUFFIXES for i in self.inputs):
+            return sum(i.stat().st_size for i in self.inputs)
+        return None
+
+    def pieces(self, desc: str = "reading") -> Iterator[Piece]:
+        """Every document's pieces, in input order, with a progress bar."""
+        with tqdm(total=self.file_bytes, unit="B", unit_scale=True, desc=desc) as progress:
+            for source in self.inputs:
+                for piece in self._pieces_of(source, progress):
+                    self.characters += len(piece.text)
+                    self.documents += piece.ends_document
+                    yield piece
+
+    def texts(self, desc: str = "reading") -> Iterator[str]:
+        return (piece.text for piece in self.pieces(desc))
+
+    def _pieces_of(self, source: Any, progress: tqdm) -> Iterator[Piece]:
+        if not isinstance(source, Path):
+            yield from self._dataset_pieces(source, str(type(source).__name__), progress)
+        elif source.is_dir() or source.suffix in DATASET_SUFFIXES:
+            yield from self._dataset_pieces(load_dataset_input(source, self.split), str(source), progress)
+        elif source.suffix in JSONL_SUFFIXES:
+            yield from self._jsonl_pieces(source, progress)
+        else:
+            yield from self._text_file_pieces(source, progress)
+
+    def _clean(self, text: str, where: str) -> str:
+        """Apply the invalid-UTF-8 policy to text decoded with surrogateescape."""
+        if text.isascii() or not SURROGATE.search(text):
+            return text
+        if self.invalid_utf8 == "error":
+            bad = SURROGATE.search(text).start()
+            raise ValueError(
+                f"{where}: invalid UTF-8 (or a lone surrogate) at character {bad} of this chunk: "
+                f"{text[max(0, bad - 20) : bad + 20]!r}; fix the file or pass invalid_utf8='replace' "
+                "(--invalid-utf8 replace) to replace each bad byte with U+FFFD"
+            )
+        text, count = SURROGATE.subn("\ufffd", text)
+        self.replaced_bytes += count
+        return text
+
+    def _text_file_pieces(self, path: Path, progress: tqdm) -> Iterator[Piece]:
+        decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+        buffer, offset = "", 0
+        with open_input(path) as f:
+            while True:
+                block = f.read(READ_BYTES)
+                buffer += self._clean(decoder.decode(block, final=not block), f"{path} (bytes from {offset})")
+                offset += len(block)
+                progress.update(len(block))
+                start = 0
+                while len(buffer) - start > 2 * self.piece_chars:
+                    cut = safe_cut(buffer, start, start + self.piece_chars)
+                    yield Piece(buffer[start:cut], False)
+                    start = cut
+                buffer = buffer[start:]
+                if not block:
+                    break
+        if buffer:
+            yield from cut_document(buffer, self.piece_chars)
+
+    def _jsonl_pieces(self, path: Path, progress: tqdm) -> Iterator[Piece]:
+        with open_input(path) as f:
+            for line_number, raw in enumerate(f, 1):
+                progress.update(len(raw))
+                where = f"{path}:{line_number}"
+                line = self._clean(raw.decode("utf-8", "surrogateescape"), where)
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+                yield from self._record_pieces(record, where)
+
+    def _dataset_pieces(self, dataset: Any, name: str, progress: tqdm) -> Iterator[Piece]:
+        rows = iter(dataset)
+        for row_number in itertools.count():
+            try:
+                record = next(rows)
+            except StopIteration:
+                return
+            except Exception as e:  # a corrupt file surfaces only while streaming
+                raise ValueError(f"cannot read {name} (row {row_number}): {type(e).__name__}: {e}") from None
+            yield from self._record_pieces(record, f"{name} row {row_number}")
+            progress.update(len(record[self.text_field]))
+
+    def _record_pieces(self, record: Any, where: str) -> Iterator[Piece]:
+        if not isinstance(record, dict) or self.text_field not in record:
+            fields = sorted(record) if isinstance(record, dict) else type(record).__name__
+            raise ValueError(f"{where}: no text field {self.text_field!r} (found {fields}); set text_field")
+        text = record[self.text_field]
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: field {self.text_field!r} is {type(text).__name__}, not text")
+        text = self._clean(text, where)
+        if text:
+            yield from cut_document(text, self.piece_chars)
+
+
+def check_input(source: Any) -> Path | Any:
+    """Paths must exist and be readable; anything else must iterate over records (a datasets object)."""
+    if not isinstance(source, str | os.PathLike):
+        if not hasattr(source, "__iter__"):
+            raise ValueError(f"input {source!r} is neither a path nor a dataset")
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"input {path} is not readable")
+    return path
+
+
+def open_input(path: Path):
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise ValueError(f"cannot read input {path}: {e.strerror}") from None
+
+
+def load_dataset_input(path: Path, split: str) -> Any:
+    """A local dataset, streamed: a parquet/arrow file, a save_to_disk folder, or a load_dataset folder."""
+    import datasets
+
+    try:
+        if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
+            loaded = datasets.load_from_disk(str(path))
+            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+        if path.is_dir():
+            return datasets.load_dataset(str(path), split=split, streaming=True)
+        return datasets.load_dataset(DATASET_SUFFIXES[path.suffix], data_files=str(path), split="train", streaming=True)
+    except Exception as e:  # datasets raises many types; name the input and the cause
+        raise ValueError(f"cannot read dataset {path}: {type(e).__name__}: {e}") from None

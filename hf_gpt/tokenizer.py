@@ -1,0 +1,166 @@
+"""GPT-2-style byte-level BPE tokenizers: train one on your own text, or rebuild one from GPT-2's files.
+
+Both give a `PreTrainedTokenizerFast` whose folder loads with `AutoTokenizer.from_pretrained(DIR)`
+without custom code. The pipeline is GPT-2's: its regex pre-tokenization over the 256-byte alphabet
+(no unknown token can occur), a byte-level decoder, and `<|endoftext|>` as bos, eos, unk and pad.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from .documents import Corpus
+from .files import atomic_directory, check_output_dir
+
+SEPARATOR = "<|endoftext|>"
+BYTE_ALPHABET = 256
+
+
+def byte_level_tokenizer(model: models.BPE) -> Tokenizer:
+    """GPT-2's pipeline around a BPE model: regex split, byte-level alphabet and decoder."""
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    return tokenizer
+
+
+def check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
+    tokens = list(special_tokens)
+    for token in tokens:
+        if not isinstance(token, str) or not token:
+            raise ValueError(f"special tokens must be non-empty strings, got {token!r}")
+    duplicates = sorted({t for t in tokens if tokens.count(t) > 1 or t == SEPARATOR})
+    if duplicates:
+        raise ValueError(f"special tokens repeat {duplicates} ({SEPARATOR} is always included)")
+    return tokens
+
+
+def as_transformers_tokenizer(
+    tokenizer: Tokenizer, special_tokens: Sequence[str], model_max_length: int
+) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=SEPARATOR,
+        eos_token=SEPARATOR,
+        unk_token=SEPARATOR,
+        pad_token=SEPARATOR,  # GPT-2 has no pad token; padding with <|endoftext|> is the usual choice
+        extra_special_tokens=list(special_tokens),
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,  # decode(encode(text)) must give text back unchanged
+    )
+
+
+def train_bpe_tokenizer(
+    inputs: Iterable[str | os.PathLike | Any] | str | os.PathLike,
+    vocab_size: int,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    special_tokens: Sequence[str] = (),
+    min_frequency: int = 0,
+    model_max_length: int = 1024,
+    text_field: str = "text",
+    split: str = "train",
+    invalid_utf8: str = "error",
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> PreTrainedTokenizerFast:
+    """Train a GPT-2-style tokenizer on `inputs` (see `hf_gpt.documents.Corpus`), streaming the text.
+
+    `vocab_size` counts everything: `<|endoftext|>`, `special_tokens`, the 256 bytes and the merges.
+    With `output_dir`, the folder is written atomically and loads with `AutoTokenizer`.
+    """
+    special_tokens = check_special_tokens(special_tokens)
+    smallest = BYTE_ALPHABET + 1 + len(special_tokens)
+    if not isinstance(vocab_size, int) or vocab_size < smallest:
+        raise ValueError(
+            f"vocab_size={vocab_size!r} is too small: it must be at least {smallest} "
+            f"(256 bytes + {SEPARATOR} + {len(special_tokens)} extra special tokens)"
+        )
+    if output_dir is not None:
+        check_output_dir(output_dir, overwrite)
+    corpus = Corpus(inputs, text_field=text_field, split=split, invalid_utf8=invalid_utf8)
+    tokenizer = byte_level_tokenizer(models.BPE())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[SEPARATOR, *special_tokens],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    tokenizer.train_from_iterator(corpus.texts("reading corpus"), trainer=trainer)
+    if corpus.characters == 0:
+        raise ValueError(f"the corpus is empty: no text in {[str(i) for i in corpus.inputs]}")
+    result = as_transformers_tokenizer(tokenizer, special_tokens, model_max_length)
+    if corpus.replaced_bytes:
+        print(f"replaced {corpus.replaced_bytes} invalid UTF-8 bytes with U+FFFD")
+    if output_dir is not None:
+        save_tokenizer(result, output_dir, overwrite=overwrite)
+    return result
+
+
+def tokenizer_from_gpt2_files(
+    vocab_file: str | os.PathLike,
+    merges_file: str | os.PathLike,
+    *,
+    special_tokens: Sequence[str] = (),
+    model_max_length: int = 1024,
+) -> PreTrainedTokenizerFast:
+    """The same kind of tokenizer from an existing GPT-2 `vocab.json` and `merges.txt`.
+
+    `<|endoftext|>` keeps its id when the vocabulary has it (50256 in GPT-2) and is appended otherwise.
+    """
+    special_tokens = check_special_tokens(special_tokens)
+    for path in (vocab_file, merges_file):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+    try:
+        model = models.BPE.from_file(str(vocab_file), str(merges_file))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed files
+        raise ValueError(f"cannot read GPT-2 files {vocab_file} and {merges_file}: {e}") from None
+    tokenizer = byte_level_tokenizer(model)
+    tokenizer.add_special_tokens([SEPARATOR, *special_tokens])
+    return as_transformers_tokenizer(tokenizer, special_tokens, model_max_length)
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """`save_pretrained` into a temporary folder, renamed into place only once complete."""
+    with atomic_directory(output_dir, overwrite) as staging:
+        tokenizer.save_pretrained(staging)
+    print(f"tokenizer ({len(tokenizer)} tokens) saved to {output_dir}")
+    return Path(output_dir)
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"tokenizer folder {path} does not exist")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def backend_of(tokenizer: PreTrainedTokenizerBase | Tokenizer) -> Tokenizer:
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast (tokenizers-backed) tokenizer")
+    return backend
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase | Tokenizer) -> str:
+    """A hash of what token ids mean (vocabulary, merges, added tokens), to match data with tokenizers."""
+    spec = json.loads(backend_of(tokenizer).to_str())
+    model = spec.get("model") or {}
+    meaning = {
+        "vocab": sorted((model.get("vocab") or {}).items(), key=lambda item: item[1]),
+        "merges": [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []],
+        "added": sorted((t["id"], t["content"], t.get("special", False)) for t in spec.get("added_tokens", [])),
+    }
+    return hashlib.sha256(json.dumps(meaning, ensure_ascii=False).encode("utf-8")).hexdigest()
