@@ -55,3 +55,41 @@ def tokenizer() -> PreTrainedTokenizerFast:
 def preset(request) -> str:
     """Every family: pre-norm, post-norm (GPT-1) and alternating global/local attention (GPT-3)."""
     return request.param
+
+
+# Pieces of many kinds, so trained merges cross letters, digits, punctuation, scripts and whitespace.
+VARIED = (
+    "the", "The", "don't", "we'll", "they're", "I've", "she'd", "it's", "'s", "café", "cafe\u0301", "naïve",
+    "日本語", "中文", "한국어", "Ελληνικά", "русский", "עברית", "العربية", "😀", "👩‍💻", "🇫🇷", "1234", "3.14",
+    "٣٤", "Ⅻ", "x=y+1;", "def f(a):", "<|endoftext|>", "\u00a0", "\u3000", "\t", "\r\n", "\n\n", "   ", "  ",
+    "...", "!?", "«»", "—", "\x00", "\x1b[0m", "\u200b", "e.g.", "http://example.com/a?b=c",
+)
+
+
+def varied_text(seed: int, words: int) -> str:
+    """Deterministic text mixing English words with every kind of piece in VARIED."""
+    import random
+
+    rng = random.Random(seed)
+    english = TEXT[0].split() + TEXT[1].split() + TEXT[2].split()
+    parts = [rng.choice(VARIED) if rng.random() < 0.3 else rng.choice(english) for _ in range(words)]
+    return "".join(p + rng.choice([" ", " ", " ", "", "\n", ", "]) for p in parts)
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer_dir(tmp_path_factory):
+    """A tokenizer trained with our own trainer on varied text, saved as a folder."""
+    from hf_gpt.tokenizer import train_bpe_tokenizer
+
+    corpus = tmp_path_factory.mktemp("corpus") / "varied.txt"
+    corpus.write_text("\n".join(varied_text(seed, 400) for seed in range(20)), encoding="utf-8")
+    output = tmp_path_factory.mktemp("tokenizers") / "varied"
+    train_bpe_tokenizer([corpus], 700, output, special_tokens=["<|sep|>"], show_progress=False)
+    return output
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer(trained_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(trained_tokenizer_dir)
