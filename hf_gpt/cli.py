@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    corpus = dict(text_field=args.text_field, split=args.split, invalid_utf8=args.invalid_utf8, overwrite=args.overwrite)
+    corpus = {name: getattr(args, name) for name in ("text_field", "split", "invalid_utf8", "overwrite")}
     if args.command == "train-tokenizer":
         from .tokenizer import train_bpe_tokenizer
 

@@ -111,10 +111,10 @@ def encode_pieces(
             pending.append((task, pool.apply_async(_encode_texts, ([p.text for p in task], dtype))))
             if len(pending) >= 2 * workers:
                 task, result = pending.popleft()
-                yield from zip(task, result.get())
+                yield from zip(task, result.get(), strict=True)
         while pending:
             task, result = pending.popleft()
-            yield from zip(task, result.get())
+            yield from zip(task, result.get(), strict=True)
 
 
 class ValidationSplit:

@@ -158,7 +158,7 @@ class CachedEncoder:
             missing = np.flatnonzero(~found)
             new_keys, first = np.unique(keys[missing], return_index=True)
             at = missing[first]
-            words = [data[s : s + n].decode() for s, n in zip(starts[at].tolist(), lengths[at].tolist())]
+            words = [data[s : s + n].decode() for s, n in zip(starts[at].tolist(), lengths[at].tolist(), strict=True)]
             keys_all = np.concatenate([self.packed_keys, new_keys])
             slots_all = np.concatenate([self.packed_slots, self._new_slots(words)])
             order = np.argsort(keys_all)
@@ -167,10 +167,10 @@ class CachedEncoder:
         return slots
 
     def _long_slots(self, data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        words = [data[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist())]
+        words = [data[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
         unseen = list(dict.fromkeys(w for w in words if w not in self.long_slots))
         if unseen:
-            self.long_slots.update(zip(unseen, self._new_slots([w.decode() for w in unseen]).tolist()))
+            self.long_slots.update(zip(unseen, self._new_slots([w.decode() for w in unseen]).tolist(), strict=True))
         return np.fromiter((self.long_slots[w] for w in words), dtype=np.int64, count=len(words))
 
     def encode(self, text: str) -> np.ndarray:

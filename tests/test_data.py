@@ -133,7 +133,12 @@ def test_token_blocks_in_dataloaders_and_accelerate_shards(jsonl_corpus, trained
     for rank in range(2):
         loader = torch.utils.data.DataLoader(blocks, batch_size=4, shuffle=True)
         shard = prepare_data_loader(
-            loader, num_processes=2, process_index=rank, put_on_device=False, use_seedable_sampler=True, even_batches=False
+            loader,
+            num_processes=2,
+            process_index=rank,
+            put_on_device=False,
+            use_seedable_sampler=True,
+            even_batches=False,
         )
         shard.set_epoch(0)
         seen += [tuple(row) for batch in shard for row in batch["input_ids"].tolist()]
