@@ -1,0 +1,147 @@
+"""Tokenizer training and data preparation speed against the common alternatives, in one run.
+
+    python benchmarks/tokenizer_speed.py [--corpus FILE] [--megabytes 100] [--threads N]
+
+On the same text (the corpus repeated to --megabytes) and the same number of threads it times
+1. tokenizer training: `hf_gpt.tokenizer.train_bpe_tokenizer` vs transformers' `train_new_from_iterator`
+   on a GPT-2-style fast tokenizer (fed batches of 1000 lines, the documented pattern);
+2. encoding: `hf_gpt.data.prepare_data` end to end (read, encode, write) vs tiktoken's
+   `encode_ordinary_batch` on the text already in memory, with an `Encoding` built from GPT-2's split
+   pattern and the ranks of the tokenizer trained in step 1 (so both use the same vocabulary; the
+   token ids are checked to be equal).
+Ratios above 1.0 mean hf_gpt is faster. A row is appended to benchmarks/RESULTS.md.
+Needs the `bench` extra (tiktoken): pip install -e ".[bench]".
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=ROOT.parent / "shared" / "data" / "tinyshakespeare.txt", type=Path)
+    parser.add_argument("--megabytes", type=float, default=100.0)
+    parser.add_argument("--vocab-size", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    return parser.parse_args()
+
+
+def timed(function):
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def tiktoken_encoding(tokenizer):
+    """A tiktoken Encoding with the trained vocabulary: ranks are ids, tokens are their bytes."""
+    import tiktoken
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+    specials = set(tokenizer.all_special_tokens)
+    ranks = {bytes(to_byte[c] for c in token): i for token, i in tokenizer.get_vocab().items() if token not in specials}
+    return tiktoken.Encoding("trained", pat_str=GPT2_SPLIT, mergeable_ranks=ranks, special_tokens={})
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # tokenizers' thread pool, read on first use
+    import numpy as np
+    import tiktoken
+    import tokenizers
+    import transformers
+    from transformers import GPT2TokenizerFast
+
+    import hf_gpt
+    from hf_gpt.data import prepare_data, read_manifest
+    from hf_gpt.documents import cut_document
+    from hf_gpt.tokenizer import train_bpe_tokenizer
+
+    work = Path(tempfile.mkdtemp(prefix="hf_gpt_bench_"))
+    seed = args.corpus.read_text(encoding="utf-8")
+    text = seed * max(1, round(args.megabytes * 1e6 / len(seed.encode("utf-8"))))
+    corpus = work / "corpus.txt"
+    corpus.write_text(text, encoding="utf-8")
+    megabytes = corpus.stat().st_size / 1e6
+    print(f"corpus: {megabytes:.1f} MB ({args.corpus.name} repeated), {args.threads} threads, work dir {work}")
+
+    ours, ours_train = timed(lambda: train_bpe_tokenizer([corpus], args.vocab_size, show_progress=False))
+    base = GPT2TokenizerFast(vocab=ours.get_vocab(), merges=[])
+
+    def reference_training():
+        with open(corpus, encoding="utf-8") as f:
+            lines = f.readlines()
+        batches = (lines[i : i + 1000] for i in range(0, len(lines), 1000))
+        return base.train_new_from_iterator(batches, vocab_size=args.vocab_size)
+
+    _, reference_train = timed(reference_training)
+
+    manifest, ours_encode = timed(
+        lambda: prepare_data([corpus], ours, work / "data", val_fraction=0.0, workers=args.threads)
+    )
+    encoding = tiktoken_encoding(ours)
+    documents = [piece.text for piece in cut_document(text, 1 << 20)]  # 1 MB documents, cut where exact
+    reference_ids, tiktoken_encode = timed(lambda: encoding.encode_ordinary_batch(documents, num_threads=args.threads))
+    written = np.fromfile(work / "data" / "train.bin", dtype=read_manifest(work / "data")["dtype"])
+    expected = np.concatenate([np.asarray(ids) for ids in reference_ids] + [[ours.eos_token_id]])
+    assert np.array_equal(written, expected), "prepare_data and tiktoken disagree on the token ids"
+
+    train_ratio = reference_train / ours_train
+    encode_ratio = tiktoken_encode / ours_encode
+    tokens = manifest["splits"]["train"]["tokens"]
+    rows = [
+        ("train: hf_gpt train_bpe_tokenizer", ours_train, ""),
+        ("train: transformers train_new_from_iterator", reference_train, ""),
+        ("encode: hf_gpt prepare_data (read+encode+write)", ours_encode, f"{megabytes / ours_encode:.1f} MB/s"),
+        ("encode: tiktoken encode_ordinary_batch (in memory)", tiktoken_encode, f"{megabytes / tiktoken_encode:.1f} MB/s"),
+    ]
+    print(f"\n{'what':55} {'seconds':>8}  throughput")
+    for name, seconds, throughput in rows:
+        print(f"{name:55} {seconds:8.2f}  {throughput}")
+    print(f"\ntraining ratio (train_new_from_iterator / ours): {train_ratio:.2f}")
+    print(f"encoding ratio (tiktoken / prepare_data):        {encode_ratio:.2f}  ({tokens:,} tokens, ids equal)")
+
+    versions = (
+        f"python {platform.python_version()}, hf_gpt {hf_gpt.__version__}, tokenizers {tokenizers.__version__}, "
+        f"transformers {transformers.__version__}, tiktoken {tiktoken.__version__}"
+    )
+    if not args.results.exists():
+        args.results.write_text("# Benchmark results\n")
+    with open(args.results, "a", encoding="utf-8") as f:
+        f.write(
+            f"\n## tokenizer_speed, {date.today()}\n"
+            f"{cpu_name()}, {args.threads} threads; {versions}; {megabytes:.1f} MB ({args.corpus.name} repeated), "
+            f"vocab {args.vocab_size}\n\n"
+            "| what | seconds | MB/s | ratio (>1: hf_gpt faster) |\n|---|---|---|---|\n"
+            f"| train_bpe_tokenizer | {ours_train:.2f} | {megabytes / ours_train:.1f} | {train_ratio:.2f} |\n"
+            f"| train_new_from_iterator | {reference_train:.2f} | {megabytes / reference_train:.1f} | |\n"
+            f"| prepare_data (read+encode+write) | {ours_encode:.2f} | {megabytes / ours_encode:.1f} | {encode_ratio:.2f} |\n"
+            f"| tiktoken encode_ordinary_batch | {tiktoken_encode:.2f} | {megabytes / tiktoken_encode:.1f} | |\n"
+        )
+    print(f"appended to {args.results}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
