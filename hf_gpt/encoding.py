@@ -27,6 +27,17 @@ CONTRACTIONS_3 = [(ord(a), ord(b)) for a, b in ("ll", "ve", "re")]  # 'll 've 'r
 PACKED_BYTES = 8  # words up to this many UTF-8 bytes are cached under one uint64 key
 
 
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable characters, the byte-level BPE alphabet."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
+
+
+# A word's UTF-8 bytes, read as latin-1 (one char per byte), become byte-level characters by this table.
+BYTE_LEVEL = str.maketrans({chr(b): c for b, c in gpt2_bytes_to_unicode().items()})
+
+
 def is_gpt2_byte_level(tokenizer: Tokenizer) -> bool:
     """True when `tokenizer` splits text exactly as this module does (GPT-2's byte-level BPE)."""
     spec = json.loads(tokenizer.to_str())
@@ -108,6 +119,30 @@ def utf8_lengths(code_points: np.ndarray) -> np.ndarray:
     return 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
 
 
+class GrowingArray:
+    """An append-only int64 array whose capacity doubles, so appends cost O(1) amortised."""
+
+    def __init__(self) -> None:
+        self.buffer = np.zeros(1024, dtype=np.int64)
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.buffer[: self.size]
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.size + len(values)
+        if end > len(self.buffer):
+            grown = np.zeros(max(end, 2 * len(self.buffer)), dtype=np.int64)
+            grown[: self.size] = self.values
+            self.buffer = grown
+        self.buffer[self.size : end] = values
+        self.size = end
+
+
 class CachedEncoder:
     """Encodes text with a GPT-2-style byte-level BPE tokenizer, caching the ids of every word.
 
@@ -117,9 +152,8 @@ class CachedEncoder:
     def __init__(self, tokenizer: Tokenizer, max_words: int = 2_000_000):
         if not is_gpt2_byte_level(tokenizer):
             raise ValueError("CachedEncoder needs a GPT-2-style byte-level BPE tokenizer (see is_gpt2_byte_level)")
-        self.tokenizer = Tokenizer.from_str(tokenizer.to_str())
-        self.tokenizer.encode_special_tokens = True  # "<|endoftext|>" in the text is text, not a separator
-        self.classes = CharClasses(self.tokenizer)
+        self.bpe = tokenizer.model
+        self.classes = CharClasses(tokenizer)
         self.max_words = max_words
         self._clear()
 
@@ -127,19 +161,18 @@ class CachedEncoder:
         self.packed_keys = np.zeros(0, dtype=np.uint64)  # sorted keys of short words
         self.packed_slots = np.zeros(0, dtype=np.int64)  # their slots
         self.long_slots: dict[bytes, int] = {}  # slots of long words
-        self.slot_start = np.zeros(0, dtype=np.int64)  # slot -> first id in self.ids
-        self.slot_length = np.zeros(0, dtype=np.int64)
-        self.ids = np.zeros(0, dtype=np.int64)
+        self.slot_start = GrowingArray()  # slot -> first id in self.ids
+        self.slot_length = GrowingArray()
+        self.ids = GrowingArray()
 
-    def _new_slots(self, words: list[str]) -> np.ndarray:
-        """Encode unseen words once and give each a slot."""
-        encoded = [e.ids for e in self.tokenizer.encode_batch_fast(words, add_special_tokens=False)]
-        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    def _new_slots(self, words: list[bytes]) -> np.ndarray:
+        """Encode unseen words once (straight through the BPE model: each is one pre-token) and give each a slot."""
+        tokens = [self.bpe.tokenize(word.decode("latin-1").translate(BYTE_LEVEL)) for word in words]
+        lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
         first = len(self.slot_start)
-        self.slot_start = np.concatenate([self.slot_start, len(self.ids) + np.cumsum(lengths) - lengths])
-        self.slot_length = np.concatenate([self.slot_length, lengths])
-        flat = np.fromiter((i for ids in encoded for i in ids), dtype=np.int64, count=int(lengths.sum()))
-        self.ids = np.concatenate([self.ids, flat])
+        self.slot_start.extend(len(self.ids) + np.cumsum(lengths) - lengths)
+        self.slot_length.extend(lengths)
+        self.ids.extend(np.fromiter((t.id for word in tokens for t in word), dtype=np.int64, count=int(lengths.sum())))
         return np.arange(first, first + len(words))
 
     def _find_packed(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -158,11 +191,10 @@ class CachedEncoder:
             missing = np.flatnonzero(~found)
             new_keys, first = np.unique(keys[missing], return_index=True)
             at = missing[first]
-            words = [data[s : s + n].decode() for s, n in zip(starts[at].tolist(), lengths[at].tolist(), strict=True)]
-            keys_all = np.concatenate([self.packed_keys, new_keys])
-            slots_all = np.concatenate([self.packed_slots, self._new_slots(words)])
-            order = np.argsort(keys_all)
-            self.packed_keys, self.packed_slots = keys_all[order], slots_all[order]
+            words = [data[s : s + n] for s, n in zip(starts[at].tolist(), lengths[at].tolist(), strict=True)]
+            where = np.searchsorted(self.packed_keys, new_keys)  # merge the sorted new keys in, no re-sort
+            self.packed_slots = np.insert(self.packed_slots, where, self._new_slots(words))
+            self.packed_keys = np.insert(self.packed_keys, where, new_keys)
             slots, _ = self._find_packed(keys)
         return slots
 
@@ -170,7 +202,7 @@ class CachedEncoder:
         words = [data[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
         unseen = list(dict.fromkeys(w for w in words if w not in self.long_slots))
         if unseen:
-            self.long_slots.update(zip(unseen, self._new_slots([w.decode() for w in unseen]).tolist(), strict=True))
+            self.long_slots.update(zip(unseen, self._new_slots(unseen).tolist(), strict=True))
         return np.fromiter((self.long_slots[w] for w in words), dtype=np.int64, count=len(words))
 
     def encode(self, text: str) -> np.ndarray:
@@ -195,7 +227,7 @@ class CachedEncoder:
         slots[short] = self._packed_slots(data, starts[short], lengths[short])
         slots[~short] = self._long_slots(data, starts[~short], lengths[~short])
         # Gather every word's ids into one flat array.
-        counts = self.slot_length[slots]
+        counts = self.slot_length.values[slots]
         out_starts = np.cumsum(counts) - counts
-        index = np.repeat(self.slot_start[slots] - out_starts, counts) + np.arange(int(counts.sum()))
-        return self.ids[index]
+        index = np.repeat(self.slot_start.values[slots] - out_starts, counts) + np.arange(int(counts.sum()))
+        return self.ids.values[index]

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
-from hf_gpt.encoding import CachedEncoder, is_gpt2_byte_level
+from hf_gpt.encoding import CachedEncoder, gpt2_bytes_to_unicode, is_gpt2_byte_level
 from hf_gpt.tokenizer import (
     SEPARATOR,
     tokenizer_fingerprint,
@@ -83,6 +83,11 @@ def test_cached_encoder_on_long_text_and_small_cache(trained_tokenizer):
     head = trained_tokenizer(text[:5000], split_special_tokens=True).input_ids
     assert encoder.encode(text[:5000]).tolist() == head
     assert encoder.encode(text).tolist() == expected
+
+
+def test_byte_table_is_the_byte_level_alphabet():
+    table = gpt2_bytes_to_unicode()
+    assert sorted(table) == list(range(256)) and set(table.values()) == set(pre_tokenizers.ByteLevel.alphabet())
 
 
 def test_cached_encoder_refuses_other_pipelines(trained_tokenizer):
