@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -104,7 +105,7 @@ def main() -> None:
     corpus = work / "corpus.txt"
     corpus.write_text(text, encoding="utf-8")
     megabytes = corpus.stat().st_size / 1e6
-    print(f"corpus: {megabytes:.1f} MB ({source}), {args.threads} threads, work dir {work}")
+    print(f"corpus: {megabytes:.1f} MB ({source}), {args.threads} threads, scratch folder {work} (removed at the end)")
 
     ours, ours_train = timed(lambda: train_bpe_tokenizer([corpus], args.vocab_size, show_progress=False))
     base = GPT2TokenizerFast(vocab=ours.get_vocab(), merges=[])
@@ -155,6 +156,7 @@ def main() -> None:
             f"vocab {args.vocab_size}\n\n"
             f"| what | seconds | MB/s | ratio (>1: hf_gpt faster) |\n|---|---|---|---|\n{table}"
         )
+    shutil.rmtree(work)
     print(f"appended to {args.results}")
 
 

@@ -35,7 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_arguments(train)
     train.add_argument("--vocab-size", type=int, required=True, help="total size, special tokens included")
     train.add_argument("--output", required=True, help="folder to write (loads with AutoTokenizer)")
-    train.add_argument("--special-tokens", nargs="*", default=[], help="extra special tokens after <|endoftext|>")
+    train.add_argument(
+        "--special-token",
+        dest="special_tokens",
+        action="append",
+        default=[],
+        help="an extra special token after <|endoftext|> (repeat for more)",
+    )
     train.add_argument("--min-frequency", type=int, default=0, help="least count for a merge")
     train.add_argument("--model-max-length", type=int, default=1024, help="context length recorded in the tokenizer")
 

@@ -17,7 +17,7 @@ import json
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +142,7 @@ def separator_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def prepare_data(
-    inputs: Iterable[str | os.PathLike | Any] | str | os.PathLike,
+    inputs: Sequence[str | os.PathLike | Any] | str | os.PathLike | Any,
     tokenizer: PreTrainedTokenizerBase | str | os.PathLike,
     output_dir: str | os.PathLike,
     *,

@@ -15,7 +15,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,7 @@ class Corpus:
 
     def __init__(
         self,
-        inputs: Iterable[str | os.PathLike | Any],
+        inputs: Sequence[str | os.PathLike | Any] | str | os.PathLike | Any,
         *,
         text_field: str = "text",
         split: str = "train",
@@ -73,7 +73,8 @@ class Corpus:
     ):
         if invalid_utf8 not in INVALID_UTF8_POLICIES:
             raise ValueError(f"invalid_utf8 must be one of {INVALID_UTF8_POLICIES}, got {invalid_utf8!r}")
-        self.inputs = [check_input(i) for i in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]
+        sources = inputs if isinstance(inputs, list | tuple) else [inputs]  # one path or dataset, or several
+        self.inputs = [check_input(source) for source in sources]
         if not self.inputs:
             raise ValueError("no inputs given")
         self.text_field, self.split, self.invalid_utf8, self.piece_chars = text_field, split, invalid_utf8, piece_chars
@@ -156,7 +157,7 @@ class Corpus:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+                    raise ValueError(f"{where}: not valid JSON ({e.msg}); expected one object per line") from None
                 yield from self._record_pieces(record, where)
 
     def _dataset_pieces(self, dataset: Any, name: str, progress: tqdm) -> Iterator[Piece]:

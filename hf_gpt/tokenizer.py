@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ def as_transformers_tokenizer(
 
 
 def train_bpe_tokenizer(
-    inputs: Iterable[str | os.PathLike | Any] | str | os.PathLike,
+    inputs: Sequence[str | os.PathLike | Any] | str | os.PathLike | Any,
     vocab_size: int,
     output_dir: str | os.PathLike | None = None,
     *,

@@ -215,7 +215,7 @@ def test_invalid_utf8_policy(trained_tokenizer, tmp_path):
 @pytest.mark.slow
 def test_killed_run_leaves_nothing_that_looks_complete(trained_tokenizer_dir, tmp_path):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(varied_text(seed, 2000) for seed in range(150)), encoding="utf-8")
+    corpus.write_text("\n".join(varied_text(seed, 2000) for seed in range(20)) * 60, encoding="utf-8")  # ~12 MB
     out = tmp_path / "out"
     command = [console_script(), "prepare-data", str(corpus), "--tokenizer", str(trained_tokenizer_dir),
                "--output", str(out), "--workers", "1"]  # fmt: skip

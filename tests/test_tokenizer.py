@@ -221,7 +221,7 @@ def test_cli_train_tokenizer(tmp_path):
     out = tmp_path / "tok"
     done = subprocess.run(
         [console_script(), "train-tokenizer", str(corpus), "--vocab-size", "500", "--output", str(out),
-         "--special-tokens", "<|a|>", "<|b|>", "--model-max-length", "256"],
+         "--special-token", "<|a|>", "--special-token", "<|b|>", "--model-max-length", "256"],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
