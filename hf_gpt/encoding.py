@@ -2,7 +2,7 @@
 
 Natural text is Zipfian: almost every pre-tokenized word has been seen before. So instead of running
 the BPE merges on every word, we split the text into GPT-2's regex words with vectorised numpy code,
-look every word up in a cache of word -> token ids, send only the unseen words through the tokenizer,
+look every word up in a cache of word -> token ids, send only the unseen words through the BPE model,
 and gather the ids. The result equals `tokenizer.encode(text)` with special tokens treated as plain
 text (tiktoken's `encode_ordinary`), which a test checks on arbitrary Unicode.
 

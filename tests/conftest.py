@@ -18,6 +18,24 @@ TEXT = [
 ] * 4
 
 
+# Prepended to a script run in a fresh interpreter: `import hf_gpt` then fails, as on a machine without it.
+WITHOUT_HF_GPT = """
+import importlib.abc, sys
+
+class NoHfGpt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "hf_gpt":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, NoHfGpt())
+try:
+    import hf_gpt
+    raise SystemExit("hf_gpt is importable: the test would prove nothing")
+except ModuleNotFoundError:
+    pass
+"""
+
+
 def tiny_config(preset: str = "gpt2-tiny", **overrides) -> HfGptConfig:
     """A tiny preset without dropout, so two forwards of the same input agree exactly.
 

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import seeded, tiny_config
+from conftest import WITHOUT_HF_GPT, seeded, tiny_config
 
 from hf_gpt import HfGptDoubleHeadsModel, HfGptForCausalLM, HfGptForSequenceClassification
 from hf_gpt.configuration_hf_gpt import AUTO_MAP
@@ -16,22 +16,9 @@ from hf_gpt.configuration_hf_gpt import AUTO_MAP
 pytestmark = pytest.mark.model
 
 # Runs in a fresh interpreter in which `import hf_gpt` fails, as on a machine without the package.
-REMOTE_LOAD = textwrap.dedent(
+REMOTE_LOAD = WITHOUT_HF_GPT + textwrap.dedent(
     """
-    import importlib.abc, sys, torch
-
-    class NoHfGpt(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "hf_gpt":
-                raise ModuleNotFoundError(f"No module named {name!r}")
-
-    sys.meta_path.insert(0, NoHfGpt())
-    try:
-        import hf_gpt
-        raise SystemExit("hf_gpt is importable: the test would prove nothing")
-    except ModuleNotFoundError:
-        pass
-
+    import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     lm_folder, classifier_folder, out = sys.argv[1:4]
     ids = torch.load(f"{out}/ids.pt")

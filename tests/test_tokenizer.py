@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import VARIED, varied_text
+from conftest import VARIED, WITHOUT_HF_GPT, varied_text
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tokenizers import pre_tokenizers
@@ -49,6 +49,20 @@ def test_trained_folder_loads_with_autotokenizer(trained_tokenizer_dir, trained_
     vocab = tok.get_vocab()
     assert all(byte in vocab for byte in pre_tokenizers.ByteLevel.alphabet())  # all 256 bytes
     assert tok("a <|sep|> b<|endoftext|>").input_ids.count(1) == 1  # special tokens stay whole
+
+
+def test_folder_loads_where_hf_gpt_is_not_installed(trained_tokenizer_dir, trained_tokenizer):
+    script = WITHOUT_HF_GPT + (
+        "import json\nfrom transformers import AutoTokenizer\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "print(json.dumps([tok.is_fast, tok(sys.argv[2]).input_ids]))\n"
+    )
+    text = HARD_STRINGS[2] + HARD_STRINGS[6]
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(trained_tokenizer_dir), text], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == [True, trained_tokenizer(text).input_ids]
 
 
 @pytest.mark.parametrize("text", HARD_STRINGS)
@@ -143,11 +157,14 @@ def test_trains_from_jsonl_parquet_and_dataset_objects(tmp_path):
     table = datasets.Dataset.from_dict({"body": docs})
     table.to_parquet(str(tmp_path / "docs.parquet"))
     table.save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "folder").mkdir()
+    table.to_json(str(tmp_path / "folder" / "part-0.jsonl"))  # a folder load_dataset reads by itself
     results = {}
     for name, source in [
         ("jsonl", jsonl),
         ("parquet", tmp_path / "docs.parquet"),
         ("saved", tmp_path / "saved"),
+        ("folder", tmp_path / "folder"),
         ("object", table),
     ]:
         tok = train_bpe_tokenizer([source], 400, text_field="body", show_progress=False)
