@@ -59,6 +59,10 @@ def test_every_document_once_with_its_exact_ids(documents, jsonl_corpus, trained
     assert manifest["documents"] == 300
     assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 300
     assert manifest["splits"]["val"]["tokens"] == len(val) and manifest["dtype"] == "uint16"
+    umask = os.umask(0)
+    os.umask(umask)
+    for made in (tmp_path / "data", tmp_path / "data" / "manifest.json"):  # as readable as any new file
+        assert made.stat().st_mode & 0o777 == (0o777 if made.is_dir() else 0o666) & ~umask
     # validation documents are spread through the corpus, not just its tail
     order = {tuple(encode_plain(trained_tokenizer, d)): i for i, d in enumerate(documents)}
     positions = [order[doc] for doc in split_documents(val, separator)]
