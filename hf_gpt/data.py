@@ -18,6 +18,8 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .documents import Corpus, Piece
 from .encoding import CachedEncoder, is_gpt2_byte_level
-from .files import atomic_directory, check_output_dir, write_text_atomic
+from .files import atomic_directory, check_output_dir, flush_to_disk, write_text_atomic
 from .tokenizer import backend_of, load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
@@ -105,16 +107,22 @@ def encode_pieces(
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with tokenizers_single_threaded(), context.Pool(workers, _start_worker, (tokenizer_json,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(tokenizer_json,))
+    with tokenizers_single_threaded(), pool:
         pending: deque = deque()
-        for task in tasks:
-            pending.append((task, pool.apply_async(_encode_texts, ([p.text for p in task], dtype))))
-            if len(pending) >= 2 * workers:
+        try:
+            for task in tasks:
+                pending.append((task, pool.submit(_encode_texts, [p.text for p in task], dtype)))
+                if len(pending) >= 2 * workers:
+                    task, result = pending.popleft()
+                    yield from zip(task, result.result(), strict=True)
+            while pending:
                 task, result = pending.popleft()
-                yield from zip(task, result.get(), strict=True)
-        while pending:
-            task, result = pending.popleft()
-            yield from zip(task, result.get(), strict=True)
+                yield from zip(task, result.result(), strict=True)
+        except BrokenProcessPool:
+            raise RuntimeError(
+                "an encoding worker process died (killed, or out of memory?); nothing was written"
+            ) from None
 
 
 class ValidationSplit:
@@ -160,20 +168,21 @@ def prepare_data(
     """
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    protected = [] if isinstance(tokenizer, PreTrainedTokenizerBase) else [Path(tokenizer)]
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         tokenizer = load_tokenizer(tokenizer)
     separator = separator_id(tokenizer)
-    workers = workers or available_cores()
+    workers = available_cores() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    check_output_dir(output_dir, overwrite)
     corpus = Corpus(inputs, text_field=text_field, split=split, invalid_utf8=invalid_utf8)
+    check_output_dir(output_dir, overwrite, marker=MANIFEST, protected=protected + corpus.paths)
     dtype = token_dtype(len(tokenizer))
     splitter = ValidationSplit(val_fraction)
     counts = {name: {"file": f"{name}.bin", "tokens": 0, "documents": 0} for name in SPLITS}
     end = np.array([separator], dtype=dtype)
 
-    with atomic_directory(output_dir, overwrite) as staging:
+    with atomic_directory(output_dir, overwrite, marker=MANIFEST) as staging:
         with open(staging / "train.bin", "wb") as train, open(staging / "val.bin", "wb") as val:
             files = {"train": train, "val": val}
             encoded = encode_pieces(corpus.pieces("encoding"), backend_of(tokenizer).to_str(), dtype, workers)
@@ -184,6 +193,8 @@ def prepare_data(
                 files[name].write(ids.tobytes())
                 counts[name]["tokens"] += len(ids)
                 counts[name]["documents"] += piece.ends_document
+            flush_to_disk(train)
+            flush_to_disk(val)
         if corpus.characters == 0:
             raise ValueError(f"the corpus is empty: no text in {[str(i) for i in corpus.inputs]}")
         if counts["train"]["tokens"] == 0 or (val_fraction > 0 and counts["val"]["tokens"] == 0):
@@ -206,9 +217,12 @@ def prepare_data(
             "val_fraction": val_fraction,
             "invalid_utf8": invalid_utf8,
             "replaced_bytes": corpus.replaced_bytes,
+            "inexact_cuts": corpus.inexact_cuts,
             "inputs": [str(i) for i in corpus.inputs],
         }
         write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    if corpus.inexact_cuts:
+        print(f"note: {corpus.inexact_cuts} pieces were cut inside a word longer than 4096 characters")
     print(
         f"{corpus.documents} documents -> {counts['train']['tokens']} train + {counts['val']['tokens']} val tokens "
         f"({dtype.name}) written to {output_dir}"

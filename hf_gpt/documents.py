@@ -2,8 +2,9 @@
 
 - A plain text file is one document; a JSONL line or a dataset row is one document.
 - Long documents are cut into pieces of about `piece_chars` characters, only where GPT-2's
-  pre-tokenization cannot join the two sides (before a blank or newline that sits between two
-  non-space characters), so encoding the pieces one by one gives exactly the ids of the whole.
+  pre-tokenization cannot join the two sides (see `safe_cut`), so encoding the pieces one by one
+  gives exactly the ids of the whole. Only a single "word" longer than 4096 characters (a run of
+  letters without any space, digit or punctuation) has to be cut inside; such cuts are counted.
 - Invalid UTF-8 (and lone surrogates from JSON escapes) is rejected by default with the file and byte
   offset; with invalid_utf8="replace" each bad byte becomes U+FFFD and is counted.
 """
@@ -15,6 +16,7 @@ import itertools
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,23 +36,51 @@ SURROGATE = re.compile("[\ud800-\udfff]")
 class Piece:
     text: str
     ends_document: bool
+    exact_cut: bool = True  # False when a long word forced a cut inside it
 
 
-def safe_cut(text: str, start: int, stop: int) -> int:
-    """The last position in (start, stop] where `text` may be cut without changing its encoding."""
+def char_class(c: str) -> str:
+    """GPT-2's regex classes by Python's tables: whitespace (a superset of the regex's \\s), letter, number, other."""
+    if c.isspace():
+        return "space"
+    if c.isalpha():
+        return "letter"
+    return "number" if unicodedata.category(c)[0] == "N" else "other"
+
+
+def safe_cut(text: str, start: int, stop: int) -> int | None:
+    """The last position in (start, stop] where `text` may be cut without changing its encoding, or None.
+
+    First choice: a blank or newline between two non-space characters. Else, in text without such
+    (CJK, code, long numbers): a change of class between two non-space characters, except after an
+    apostrophe (a contraction may start there).
+    """
     for window_start in (max(start + 1, stop - 4096), start + 1):
         cuts = [m.start() for m in SAFE_CUT.finditer(text, window_start, stop + 1)]
         if cuts:
             return cuts[-1]
-    return stop  # no blank or newline at all: an inexact cut beats an unbounded piece
+    right = char_class(text[stop])
+    for i in range(stop, max(start + 1, stop - 4096) - 1, -1):
+        left = char_class(text[i - 1])
+        if left != right and "space" not in (left, right) and text[i - 1] != "'":
+            return i
+        right = left
+    return None
+
+
+def next_piece(text: str, start: int, piece_chars: int) -> Piece:
+    """The piece of `text` from `start`, at most `piece_chars` long, that does not end the document."""
+    stop = start + piece_chars
+    cut = safe_cut(text, start, stop)
+    return Piece(text[start : cut or stop], False, exact_cut=cut is not None)
 
 
 def cut_document(text: str, piece_chars: int) -> Iterator[Piece]:
     start = 0
     while len(text) - start > piece_chars:
-        cut = safe_cut(text, start, start + piece_chars)
-        yield Piece(text[start:cut], False)
-        start = cut
+        piece = next_piece(text, start, piece_chars)
+        yield piece
+        start += len(piece.text)
     yield Piece(text[start:], True)
 
 
@@ -81,6 +111,11 @@ class Corpus:
         self.replaced_bytes = 0
         self.documents = 0
         self.characters = 0
+        self.inexact_cuts = 0  # pieces cut inside a word (no boundary within 4096 characters)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [source for source in self.inputs if isinstance(source, Path)]
 
     @property
     def file_bytes(self) -> int | None:
@@ -96,6 +131,7 @@ class Corpus:
                 for piece in self._pieces_of(source, progress):
                     self.characters += len(piece.text)
                     self.documents += piece.ends_document
+                    self.inexact_cuts += not piece.exact_cut
                     yield piece
 
     def texts(self, desc: str = "reading") -> Iterator[str]:
@@ -137,9 +173,9 @@ class Corpus:
                 progress.update(len(block))
                 start = 0
                 while len(buffer) - start > 2 * self.piece_chars:
-                    cut = safe_cut(buffer, start, start + self.piece_chars)
-                    yield Piece(buffer[start:cut], False)
-                    start = cut
+                    piece = next_piece(buffer, start, self.piece_chars)
+                    yield piece
+                    start += len(piece.text)
                 buffer = buffer[start:]
                 if not block:
                     break

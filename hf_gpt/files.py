@@ -6,17 +6,37 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
-def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse an output folder we would clobber or could not create, before any work starts."""
+def check_output_dir(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    marker: str | None = None,
+    protected: Iterable[str | os.PathLike] = (),
+) -> Path:
+    """Refuse an output folder we would clobber or could not create, before any work starts.
+
+    With `overwrite`, a non-empty folder is replaced only when it holds `marker` (the sign of an
+    earlier output of the same kind), and never when one of the `protected` paths (our inputs) is in it.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"output {path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise ValueError(f"output folder {path} is not empty; pass overwrite=True (--overwrite) to replace it")
+    for source in protected:
+        source = Path(source).resolve()
+        if source == path.resolve() or path.resolve() in source.parents:
+            raise ValueError(f"input {source} is inside the output folder {path}; choose another output")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise ValueError(f"output folder {path} is not empty; pass overwrite=True (--overwrite) to replace it")
+        if marker is not None and not (path / marker).exists():
+            raise ValueError(
+                f"output folder {path} is not empty and has no {marker}, so it is not an earlier output "
+                "of this command; it is left alone: remove it yourself or choose another output"
+            )
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
@@ -25,23 +45,26 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
-def current_umask() -> int:
-    mask = os.umask(0)
+def read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it, so this runs once, at import
     os.umask(mask)
     return mask
 
 
+UMASK = read_umask()
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False, marker: str | None = None) -> Iterator[Path]:
     """Yield a hidden temporary sibling of `path`; on success it replaces `path` by rename.
 
     The temporary folder lives next to the target, so the final rename never crosses file systems.
     On an exception it is removed; a SIGKILL leaves only a dot-folder named `.NAME.tmp-*`.
     """
-    path = check_output_dir(path, overwrite).absolute()
+    path = check_output_dir(path, overwrite, marker=marker).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it private; the result should not be
+    os.chmod(staging, 0o777 & ~UMASK)  # mkdtemp makes it private; the result should not be
     try:
         yield staging
         if path.exists():
@@ -61,10 +84,17 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())
+        os.chmod(tmp, 0o666 & ~UMASK)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            flush_to_disk(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def flush_to_disk(f) -> None:
+    """Data reaches the disk before the rename that makes it look complete (power loss included)."""
+    f.flush()
+    os.fsync(f.fileno())

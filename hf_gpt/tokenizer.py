@@ -22,6 +22,7 @@ from .files import atomic_directory, check_output_dir
 
 SEPARATOR = "<|endoftext|>"
 BYTE_ALPHABET = 256
+TOKENIZER_MARKER = "tokenizer_config.json"  # a folder holding it may be overwritten by a new tokenizer
 
 
 def byte_level_tokenizer(model: models.BPE) -> Tokenizer:
@@ -85,9 +86,9 @@ def train_bpe_tokenizer(
             f"vocab_size={vocab_size!r} is too small: it must be at least {smallest} "
             f"(256 bytes + {SEPARATOR} + {len(special_tokens)} extra special tokens)"
         )
-    if output_dir is not None:
-        check_output_dir(output_dir, overwrite)
     corpus = Corpus(inputs, text_field=text_field, split=split, invalid_utf8=invalid_utf8)
+    if output_dir is not None:
+        check_output_dir(output_dir, overwrite, marker=TOKENIZER_MARKER, protected=corpus.paths)
     tokenizer = byte_level_tokenizer(models.BPE())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -133,7 +134,7 @@ def tokenizer_from_gpt2_files(
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerBase, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """`save_pretrained` into a temporary folder, renamed into place only once complete."""
-    with atomic_directory(output_dir, overwrite) as staging:
+    with atomic_directory(output_dir, overwrite, marker=TOKENIZER_MARKER) as staging:
         tokenizer.save_pretrained(staging)
     print(f"tokenizer ({len(tokenizer)} tokens) saved to {output_dir}")
     return Path(output_dir)

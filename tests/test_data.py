@@ -256,3 +256,50 @@ def test_cli_prepare_data(jsonl_corpus, trained_tokenizer_dir, tmp_path):
     )  # fmt: skip
     assert again.returncode == 2 and "not empty" in again.stderr
     assert read_manifest(out) == manifest
+
+
+def test_documents_without_blanks_are_cut_exactly_where_possible(trained_tokenizer, tmp_path):
+    code = "x=y+1;f(a)[2]/3" * 3000  # no blank or newline: cut where the character class changes
+    word = "hello" * 8000  # one 40k-letter word: no exact cut exists, so it is cut inside and counted
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text(json.dumps({"text": code}) + "\n" + json.dumps({"text": word}) + "\n", encoding="utf-8")
+    manifest = prepare_data([corpus], trained_tokenizer, tmp_path / "out", val_fraction=0.0, workers=2)
+    ids = read_split(tmp_path / "out", "train")
+    expected_code = encode_plain(trained_tokenizer, code)
+    assert ids[: len(expected_code)] == expected_code
+    assert manifest["inexact_cuts"] == 2  # the 40k-letter word, in 16k-character pieces
+
+
+def dying_encode(texts, dtype):
+    """Stands in for a worker that the kernel kills (out of memory) on one task."""
+    if any("KILLME" in text for text in texts):
+        os._exit(9)
+    return [np.zeros(1, dtype=dtype) for _ in texts]
+
+
+def test_a_dead_worker_stops_the_run_with_a_clear_error(trained_tokenizer, tmp_path, monkeypatch):
+    import hf_gpt.data
+
+    monkeypatch.setattr(hf_gpt.data, "_encode_texts", dying_encode)
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["fine"] * 10 + ["KILLME"]), encoding="utf-8")
+    with pytest.raises(RuntimeError, match="worker process died"):
+        prepare_data([corpus], trained_tokenizer, tmp_path / "out", val_fraction=0.0, workers=2)
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_overwrite_never_removes_inputs_or_foreign_folders(trained_tokenizer_dir, jsonl_corpus, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    inside = folder / "corpus.jsonl"
+    inside.write_bytes(jsonl_corpus.read_bytes())
+    with pytest.raises(ValueError, match="inside the output folder"):
+        prepare_data([inside], trained_tokenizer_dir, folder, overwrite=True, workers=1)
+    with pytest.raises(ValueError, match="inside the output folder"):
+        prepare_data([jsonl_corpus], trained_tokenizer_dir, trained_tokenizer_dir.parent, overwrite=True, workers=1)
+    with pytest.raises(ValueError, match="has no manifest.json"):
+        prepare_data([jsonl_corpus], trained_tokenizer_dir, folder, overwrite=True, workers=1)
+    assert inside.exists()
+    prepare_data([jsonl_corpus], trained_tokenizer_dir, tmp_path / "data", workers=1)
+    prepare_data([jsonl_corpus], trained_tokenizer_dir, tmp_path / "data", overwrite=True, workers=1, val_fraction=0.2)
+    assert read_manifest(tmp_path / "data")["val_fraction"] == 0.2  # an earlier output is replaced
