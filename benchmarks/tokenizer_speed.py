@@ -63,9 +63,10 @@ def timed(function):
 def tiktoken_encoding(tokenizer):
     """A tiktoken Encoding with the trained vocabulary: ranks are ids, tokens are their bytes."""
     import tiktoken
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+    from hf_gpt.encoding import gpt2_bytes_to_unicode
+
+    to_byte = {char: byte for byte, char in gpt2_bytes_to_unicode().items()}
     specials = set(tokenizer.all_special_tokens)
     ranks = {bytes(to_byte[c] for c in token): i for token, i in tokenizer.get_vocab().items() if token not in specials}
     return tiktoken.Encoding("trained", pat_str=GPT2_SPLIT, mergeable_ranks=ranks, special_tokens={})
@@ -122,7 +123,7 @@ def main() -> None:
         lambda: prepare_data([corpus], ours, work / "data", val_fraction=0.0, workers=args.threads)
     )
     encoding = tiktoken_encoding(ours)
-    documents = [piece.text for piece in cut_document(text, 1 << 20)]  # 1 MB documents, cut where exact
+    documents = [piece.text for piece in cut_document([text], 1 << 20)]  # 1 MB documents, cut where exact
     reference_ids, tiktoken_encode = timed(lambda: encoding.encode_ordinary_batch(documents, num_threads=args.threads))
     written = np.fromfile(work / "data" / "train.bin", dtype=read_manifest(work / "data")["dtype"])
     expected = np.concatenate([np.asarray(ids) for ids in reference_ids] + [[ours.eos_token_id]])

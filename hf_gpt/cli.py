@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    corpus = {name: getattr(args, name) for name in ("text_field", "split", "invalid_utf8", "overwrite")}
+    common = {name: getattr(args, name) for name in ("text_field", "split", "invalid_utf8", "overwrite")}
     if args.command == "train-tokenizer":
         from .tokenizer import train_bpe_tokenizer
 
@@ -66,13 +66,13 @@ def run(args: argparse.Namespace) -> None:
             special_tokens=args.special_tokens,
             min_frequency=args.min_frequency,
             model_max_length=args.model_max_length,
-            **corpus,
+            **common,
         )
     elif args.command == "prepare-data":
         from .data import prepare_data
 
         prepare_data(
-            args.inputs, args.tokenizer, args.output, val_fraction=args.val_fraction, workers=args.workers, **corpus
+            args.inputs, args.tokenizer, args.output, val_fraction=args.val_fraction, workers=args.workers, **common
         )
 
 

@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .documents import Corpus, Piece
 from .encoding import CachedEncoder, is_gpt2_byte_level
-from .files import atomic_directory, check_output_dir, flush_to_disk, write_text_atomic
+from .files import atomic_directory, flush_to_disk, write_text_atomic
 from .tokenizer import backend_of, load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
@@ -176,13 +176,12 @@ def prepare_data(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     corpus = Corpus(inputs, text_field=text_field, split=split, invalid_utf8=invalid_utf8)
-    check_output_dir(output_dir, overwrite, marker=MANIFEST, protected=protected + corpus.paths)
     dtype = token_dtype(len(tokenizer))
     splitter = ValidationSplit(val_fraction)
     counts = {name: {"file": f"{name}.bin", "tokens": 0, "documents": 0} for name in SPLITS}
     end = np.array([separator], dtype=dtype)
 
-    with atomic_directory(output_dir, overwrite, marker=MANIFEST) as staging:
+    with atomic_directory(output_dir, overwrite, marker=MANIFEST, protected=protected + corpus.paths) as staging:
         with open(staging / "train.bin", "wb") as train, open(staging / "val.bin", "wb") as val:
             files = {"train": train, "val": val}
             encoded = encode_pieces(corpus.pieces("encoding"), backend_of(tokenizer).to_str(), dtype, workers)
@@ -195,8 +194,7 @@ def prepare_data(
                 counts[name]["documents"] += piece.ends_document
             flush_to_disk(train)
             flush_to_disk(val)
-        if corpus.characters == 0:
-            raise ValueError(f"the corpus is empty: no text in {[str(i) for i in corpus.inputs]}")
+        corpus.check_not_empty()
         if counts["train"]["tokens"] == 0 or (val_fraction > 0 and counts["val"]["tokens"] == 0):
             raise ValueError(
                 f"the corpus is too small for val_fraction={val_fraction}: {corpus.documents} documents, "
@@ -284,7 +282,6 @@ class TokenBlocks(torch.utils.data.Dataset):
                 f"{block_size} plus its next token; lower block_size or add data"
             )
         self.block_size = block_size
-        self.manifest = manifest
         self._tokens: np.memmap | None = None
 
     def __len__(self) -> int:
@@ -301,7 +298,8 @@ class TokenBlocks(torch.utils.data.Dataset):
             raise IndexError(f"block {index} out of range for {len(self)} blocks")
         start = (index % len(self)) * self.block_size
         window = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
-        return {"input_ids": window[:-1], "labels": window[:-1], "shift_labels": window[1:]}
+        # labels is a copy: a collator that masks labels in place must not touch input_ids
+        return {"input_ids": window[:-1], "labels": window[:-1].clone(), "shift_labels": window[1:]}
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_tokens": None}

@@ -17,7 +17,7 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,13 +75,22 @@ def next_piece(text: str, start: int, piece_chars: int) -> Piece:
     return Piece(text[start : cut or stop], False, exact_cut=cut is not None)
 
 
-def cut_document(text: str, piece_chars: int) -> Iterator[Piece]:
-    start = 0
-    while len(text) - start > piece_chars:
-        piece = next_piece(text, start, piece_chars)
-        yield piece
-        start += len(piece.text)
-    yield Piece(text[start:], True)
+def cut_document(blocks: Iterable[str], piece_chars: int) -> Iterator[Piece]:
+    """One document, given whole (`[text]`) or as a stream of text blocks, cut into pieces.
+
+    A cut depends only on the characters up to it, so streamed and whole documents cut alike.
+    """
+    buffer = ""
+    for block in blocks:
+        buffer += block
+        start = 0
+        while len(buffer) - start > piece_chars:
+            piece = next_piece(buffer, start, piece_chars)
+            yield piece
+            start += len(piece.text)
+        buffer = buffer[start:]
+    if buffer:
+        yield Piece(buffer, True)
 
 
 class Corpus:
@@ -134,6 +143,11 @@ class Corpus:
                     self.inexact_cuts += not piece.exact_cut
                     yield piece
 
+    def check_not_empty(self) -> None:
+        """After reading: refuse a corpus without any text."""
+        if self.characters == 0:
+            raise ValueError(f"the corpus is empty: no text in {[str(i) for i in self.inputs]}")
+
     def texts(self, desc: str = "reading") -> Iterator[str]:
         return (piece.text for piece in self.pieces(desc))
 
@@ -163,24 +177,18 @@ class Corpus:
         return text
 
     def _text_file_pieces(self, path: Path, progress: tqdm) -> Iterator[Piece]:
+        return cut_document(self._text_file_blocks(path, progress), self.piece_chars)
+
+    def _text_file_blocks(self, path: Path, progress: tqdm) -> Iterator[str]:
+        """The file's text, decoded incrementally (a character may straddle two reads)."""
         decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        buffer, offset = "", 0
+        offset = 0
         with open_input(path) as f:
-            while True:
-                block = f.read(READ_BYTES)
-                buffer += self._clean(decoder.decode(block, final=not block), f"{path} (bytes from {offset})")
+            while block := f.read(READ_BYTES):
+                yield self._clean(decoder.decode(block), f"{path} (bytes from {offset})")
                 offset += len(block)
                 progress.update(len(block))
-                start = 0
-                while len(buffer) - start > 2 * self.piece_chars:
-                    piece = next_piece(buffer, start, self.piece_chars)
-                    yield piece
-                    start += len(piece.text)
-                buffer = buffer[start:]
-                if not block:
-                    break
-        if buffer:
-            yield from cut_document(buffer, self.piece_chars)
+        yield self._clean(decoder.decode(b"", final=True), f"{path} (its last bytes)")
 
     def _jsonl_pieces(self, path: Path, progress: tqdm) -> Iterator[Piece]:
         with open_input(path) as f:
@@ -215,9 +223,7 @@ class Corpus:
         text = record[self.text_field]
         if not isinstance(text, str):
             raise ValueError(f"{where}: field {self.text_field!r} is {type(text).__name__}, not text")
-        text = self._clean(text, where)
-        if text:
-            yield from cut_document(text, self.piece_chars)
+        yield from cut_document([self._clean(text, where)], self.piece_chars)
 
 
 def check_input(source: Any) -> Path | Any:

@@ -195,7 +195,7 @@ class CachedEncoder:
             where = np.searchsorted(self.packed_keys, new_keys)  # merge the sorted new keys in, no re-sort
             self.packed_slots = np.insert(self.packed_slots, where, self._new_slots(words))
             self.packed_keys = np.insert(self.packed_keys, where, new_keys)
-            slots, _ = self._find_packed(keys)
+            slots[missing], _ = self._find_packed(keys[missing])
         return slots
 
     def _long_slots(self, data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

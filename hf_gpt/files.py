@@ -55,13 +55,18 @@ UMASK = read_umask()
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = False, marker: str | None = None) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    marker: str | None = None,
+    protected: Iterable[str | os.PathLike] = (),
+) -> Iterator[Path]:
     """Yield a hidden temporary sibling of `path`; on success it replaces `path` by rename.
 
     The temporary folder lives next to the target, so the final rename never crosses file systems.
     On an exception it is removed; a SIGKILL leaves only a dot-folder named `.NAME.tmp-*`.
     """
-    path = check_output_dir(path, overwrite, marker=marker).absolute()
+    path = check_output_dir(path, overwrite, marker=marker, protected=protected).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     os.chmod(staging, 0o777 & ~UMASK)  # mkdtemp makes it private; the result should not be

@@ -98,8 +98,7 @@ def train_bpe_tokenizer(
         show_progress=show_progress,
     )
     tokenizer.train_from_iterator(corpus.texts("reading corpus"), trainer=trainer)
-    if corpus.characters == 0:
-        raise ValueError(f"the corpus is empty: no text in {[str(i) for i in corpus.inputs]}")
+    corpus.check_not_empty()
     result = as_transformers_tokenizer(tokenizer, special_tokens, model_max_length)
     if corpus.replaced_bytes:
         print(f"replaced {corpus.replaced_bytes} invalid UTF-8 bytes with U+FFFD")
