@@ -16,6 +16,10 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="text files (one document each), .jsonl/.json lines, .parquet/.arrow files, or dataset folders",
     )
+    add_corpus_options(parser)
+
+
+def add_corpus_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-field", default="text", help="field holding the text in JSONL and datasets")
     parser.add_argument("--split", default="train", help="split to read from dataset folders")
     parser.add_argument(
@@ -51,11 +55,88 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--output", required=True, help="folder for train.bin, val.bin and manifest.json")
     prepare.add_argument("--val-fraction", type=float, default=0.01, help="share of tokens for validation")
     prepare.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
+
+    add_pretrain_parser(commands)
+    add_generate_parser(commands)
+
+    quick = commands.add_parser(
+        "quickstart", help="train a tokenizer and a small GPT on the standard library's docstrings, offline"
+    )
+    quick.add_argument("--output", default="hf-gpt-quickstart", help="run folder (an earlier quickstart is replaced)")
+    quick.add_argument(
+        "--max-steps", type=int, default=None, help="optimizer steps (default: about 3 minutes on 2 cores)"
+    )
     return parser
 
 
+def add_pretrain_parser(commands) -> None:
+    from .training import MIXED_PRECISION, PretrainArguments
+
+    defaults = PretrainArguments(output_dir="", data=[])
+    p = commands.add_parser(
+        "pretrain",
+        help="train a GPT from scratch (also under `accelerate launch`)",
+        description="Train a GPT from scratch. Writes OUTPUT/model (save_pretrained folder), "
+        "OUTPUT/checkpoints and OUTPUT/logs. Runs unchanged under `accelerate launch` on many GPUs.",
+    )
+    p.add_argument(
+        "data", nargs="+", metavar="DATA", help="a `prepare-data` folder, or raw inputs prepared into OUTPUT/data"
+    )
+    p.add_argument("--output", required=True, help="run folder")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: train one of --vocab-size on raw inputs)")
+    p.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="for a tokenizer trained here")
+    p.add_argument("--model", default=defaults.model, help="a preset name or a config.json (or its folder)")
+    p.add_argument(
+        "--set",
+        dest="model_overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a config field, e.g. --set hidden_size=256 --set resid_pdrop=0 (repeatable)",
+    )
+    p.add_argument("--block-size", type=int, help="tokens per training sequence (default: the model's context)")
+    p.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="sequences per optimizer step, all processes"
+    )
+    p.add_argument("--micro-batch-size", type=int, help="sequences per process and forward pass (accumulates the rest)")
+    p.add_argument("--max-steps", type=int, default=defaults.max_steps)
+    p.add_argument("--learning-rate", "--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--final-lr-ratio", type=float, default=defaults.final_lr_ratio, help="cosine decays to this x peak")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm)
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, help="default: as `accelerate config` says")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--eval-every", type=int, default=defaults.eval_every, help="steps between validation runs")
+    p.add_argument("--eval-blocks", type=int, default=defaults.eval_blocks, help="validation blocks per run")
+    p.add_argument("--save-every", type=int, default=defaults.save_every, help="steps between checkpoints")
+    p.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
+    p.add_argument("--log-every", type=int, default=defaults.log_every)
+    p.add_argument("--log-with", default=defaults.log_with, help="auto (TensorBoard if installed), none, or a tracker")
+    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="for data prepared here")
+    p.add_argument("--peak-tflops", type=float, help="per-device peak for MFU (default: measured)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUTPUT")
+    add_corpus_options(p)
+
+
+def add_generate_parser(commands) -> None:
+    p = commands.add_parser("generate", help="sample from a model, streaming tokens as they come")
+    p.add_argument("model", help="model folder or Hub name")
+    p.add_argument("prompt", nargs="?", default="", help="text to continue (default: start a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=50, help="0 disables")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--num-return-sequences", type=int, default=1)
+    p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--trust-remote-code", action="store_true", help="for models whose code is in their folder")
+
+
 def run(args: argparse.Namespace) -> None:
-    common = {name: getattr(args, name) for name in ("text_field", "split", "invalid_utf8", "overwrite")}
+    common = {name: getattr(args, name, None) for name in ("text_field", "split", "invalid_utf8", "overwrite")}
     if args.command == "train-tokenizer":
         from .tokenizer import train_bpe_tokenizer
 
@@ -74,6 +155,40 @@ def run(args: argparse.Namespace) -> None:
         prepare_data(
             args.inputs, args.tokenizer, args.output, val_fraction=args.val_fraction, workers=args.workers, **common
         )
+    elif args.command == "pretrain":
+        pretrain_from(args, common)
+    elif args.command == "generate":
+        from .generate import generate
+
+        options = ("max_new_tokens", "temperature", "top_k", "top_p", "num_return_sequences", "greedy", "seed")
+        generate(
+            args.model, args.prompt, trust_remote_code=args.trust_remote_code, **{k: getattr(args, k) for k in options}
+        )
+    elif args.command == "quickstart":
+        from .quickstart import STEPS, quickstart
+
+        quickstart(args.output, max_steps=args.max_steps or STEPS)
+
+
+def pretrain_from(args: argparse.Namespace, common: dict) -> None:
+    from .training import PretrainArguments, parse_override, pretrain
+
+    fields = (
+        "tokenizer", "vocab_size", "model", "block_size", "batch_size", "micro_batch_size", "max_steps",
+        "learning_rate", "warmup_steps", "final_lr_ratio", "weight_decay", "max_grad_norm", "mixed_precision",
+        "compile", "gradient_checkpointing", "seed", "eval_every", "eval_blocks", "save_every", "keep_checkpoints",
+        "log_every", "log_with", "val_fraction", "peak_tflops", "resume",
+    )  # fmt: skip
+    overrides = dict(parse_override(text) for text in args.model_overrides)
+    pretrain(
+        PretrainArguments(
+            output_dir=args.output,
+            data=args.data,
+            model_overrides=overrides,
+            **{name: getattr(args, name) for name in fields},
+            **common,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"hf-gpt {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # e.g. training diverged: the message says where the last good state is
+        print(f"hf-gpt {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
 
 

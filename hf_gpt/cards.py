@@ -1,0 +1,86 @@
+"""Model cards rendered from the Jinja templates in model_cards/ through huggingface_hub's ModelCard API."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .configuration_hf_gpt import HfGptConfig
+
+AUTO_CLASSES = {"text-generation": "AutoModelForCausalLM", "text-classification": "AutoModelForSequenceClassification"}
+
+
+def template_path(name: str) -> Path:
+    """The template shipped in the package (the wheel carries model_cards/ as hf_gpt/model_cards)."""
+    return Path(str(resources.files("hf_gpt.model_cards") / f"{name}.md"))
+
+
+def architecture_rows(config: HfGptConfig, num_parameters: int) -> list[tuple[str, str]]:
+    kinds = sorted(set(config.attention_layers))
+    pattern = "dense" if kinds == ["global"] else f"{' / '.join(config.attention_layers[:2])} alternating"
+    if "local" in kinds:
+        pattern += f" (local window {config.local_window})"
+    return [
+        ("Parameters", f"{num_parameters:,}"),
+        ("Layers", str(config.num_hidden_layers)),
+        ("Width", str(config.hidden_size)),
+        ("Heads", str(config.num_attention_heads)),
+        ("Context", f"{config.max_position_embeddings} tokens"),
+        ("Vocabulary", f"{config.vocab_size} tokens"),
+        ("Norm position", f"{config.norm_position}-LayerNorm"),
+        ("Attention", pattern),
+        ("Activation", config.activation_function),
+    ]
+
+
+def render_card(
+    config: HfGptConfig,
+    num_parameters: int,
+    *,
+    model_name: str,
+    summary: str,
+    pipeline_tag: str = "text-generation",
+    training: list[tuple[str, str]] = (),
+    evaluation: list[tuple[str, str]] = (),
+    example_prompt: str = "Once upon a time",
+    model_path: str = "PATH_OR_REPO",
+    datasets: list[str] | None = None,
+    base_model: str | None = None,
+    language: str | list[str] | None = None,
+    license: str | None = None,
+    small_data: bool = False,
+    template: str = "model",
+) -> ModelCard:
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        tags=["hf_gpt", "custom_code", "gpt", pipeline_tag],
+        datasets=datasets,
+        base_model=base_model,
+        language=language,
+        license=license,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path(template)),
+        card_data_dict=card_data.to_dict(),
+        model_name=model_name,
+        summary=summary,
+        architecture=architecture_rows(config, num_parameters),
+        training=list(training),
+        evaluation=list(evaluation),
+        example_prompt=example_prompt.replace('"', '\\"'),
+        model_path=model_path,
+        auto_class=AUTO_CLASSES.get(pipeline_tag, "AutoModel"),
+        context=config.max_position_embeddings,
+        small_data=small_data,
+    )
+
+
+def write_card(card: ModelCard, folder: str | os.PathLike) -> Path:
+    path = Path(folder) / "README.md"
+    card.save(path)
+    return path

@@ -1,0 +1,582 @@
+"""Pretraining with Accelerate: the same code on one CPU and under `accelerate launch` (DDP, FSDP, DeepSpeed).
+
+A run folder holds everything one run makes:
+    run.json        the arguments (checked on --resume)
+    tokenizer/      trained here when no tokenizer was given
+    data/           prepared here when raw text was given
+    checkpoints/    step-00000100/ ... (Accelerate state; the last K kept)
+    logs/           metrics.jsonl, and TensorBoard events when it is installed
+    model/          the result: save_pretrained folder with tokenizer, generation config and model card
+
+The batch size is global (sequences per optimizer step, all processes together) so the same command
+gives the same training on 1 or N processes: gradient accumulation makes up what the processes' micro
+batches do not cover. The data order is a seeded permutation per epoch, indexed by sample position,
+so resuming (or changing the number of processes) replays exactly the batches a run would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from .cards import render_card, write_card
+from .checkpoints import latest_checkpoint, remove_unfinished, save_checkpoint
+from .configuration_hf_gpt import PRESETS, HfGptConfig
+from .data import MANIFEST, TokenBlocks, prepare_data, read_manifest
+from .documents import INVALID_UTF8_POLICIES
+from .estimate import count_parameters, flops_per_token
+from .files import atomic_directory, check_output_dir, write_text_atomic
+from .metrics import MetricsLog, measured_peak_flops, tracker_names
+from .modeling_hf_gpt import HfGptForCausalLM
+from .optimization import make_optimizer, make_scheduler
+from .tokenizer import load_tokenizer, train_bpe_tokenizer
+
+RUN_FILE = "run.json"
+MIXED_PRECISION = ("no", "fp16", "bf16")
+# Arguments that may differ when a run is resumed: they change what is logged or kept, not the training.
+RESUMABLE_CHANGES = {"resume", "overwrite", "eval_every", "save_every", "keep_checkpoints", "log_every", "log_with"}
+
+
+@dataclass
+class PretrainArguments:
+    """Everything `pretrain` needs; `hf-gpt pretrain --help` describes each field."""
+
+    output_dir: str
+    data: list[str]  # a `prepare-data` folder, or raw inputs (text, JSONL, parquet, dataset folders)
+    tokenizer: str | None = None  # its folder; None trains one of `vocab_size` on raw inputs
+    model: str = "gpt2-tiny"  # a preset name, a config.json, or a folder holding one
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    vocab_size: int = 8192  # for a tokenizer trained here
+    block_size: int | None = None  # default: the model's context
+    batch_size: int = 32  # sequences per optimizer step, all processes together
+    micro_batch_size: int | None = None  # per process and forward pass; default batch_size / processes
+    max_steps: int = 1000
+    learning_rate: float = 6e-4
+    final_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    mixed_precision: str | None = None  # None: what `accelerate config` / `accelerate launch` says
+    compile: bool = False
+    gradient_checkpointing: bool = False
+    seed: int = 1337
+    eval_every: int = 100
+    eval_blocks: int | None = 100  # validation blocks scored each time (None: the whole split)
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    log_with: str = "auto"  # "auto" (TensorBoard when installed), "none", or an Accelerate tracker name
+    val_fraction: float = 0.01  # for data prepared here
+    text_field: str = "text"
+    split: str = "train"
+    invalid_utf8: str = "error"
+    peak_tflops: float | None = None  # per device, for MFU; None measures a large matmul
+    resume: bool = False
+    overwrite: bool = False
+
+    def check(self) -> None:
+        positive = ("batch_size", "max_steps", "eval_every", "save_every", "keep_checkpoints", "log_every")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("block_size", "micro_batch_size", "eval_blocks"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.final_lr_ratio <= 1:
+            raise ValueError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}")
+        if self.mixed_precision not in (None, *MIXED_PRECISION):
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.invalid_utf8 not in INVALID_UTF8_POLICIES:
+            raise ValueError(f"invalid_utf8 must be one of {INVALID_UTF8_POLICIES}, got {self.invalid_utf8!r}")
+        if not self.data:
+            raise ValueError("no training data given")
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples become lists, as when read back
+
+
+@dataclass
+class Progress:
+    """The data position and counters, saved in every checkpoint (Accelerate calls the two methods)."""
+
+    step: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class SamplePositions(torch.utils.data.Sampler):
+    """Block indices for global sample positions [start, stop): epoch e is a permutation seeded by seed + e.
+
+    Position p always maps to the same block, whatever the number of processes or where a run resumed.
+    """
+
+    def __init__(self, num_blocks: int, seed: int, start: int, stop: int):
+        self.num_blocks, self.seed, self.start, self.stop = num_blocks, seed, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, order = None, None
+        for position in range(self.start, self.stop):
+            if position // self.num_blocks != epoch:
+                epoch = position // self.num_blocks
+                order = torch.randperm(self.num_blocks, generator=torch.Generator().manual_seed(self.seed + epoch))
+            yield int(order[position % self.num_blocks])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Before training: arguments, the run folder, tokenizer, data and model, all checked before any step.
+
+
+def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> Path:
+    """Create or reopen the run folder; refuse one that is not ours or whose arguments changed."""
+    output = Path(args.output_dir)
+    run_file = output / RUN_FILE
+    inputs = [p for p in [*args.data, args.tokenizer] if p is not None and Path(p).exists()]
+    resuming = args.resume and run_file.is_file()
+    if accelerator.is_main_process:
+        if resuming:
+            earlier = json.loads(run_file.read_text(encoding="utf-8"))
+            changed = sorted(
+                name
+                for name, value in args.to_json().items()
+                if name not in RESUMABLE_CHANGES and earlier.get(name) != value
+            )
+            if changed:
+                raise ValueError(
+                    f"cannot resume {output}: {', '.join(changed)} differ from the arguments it was started with "
+                    f"(see {run_file}); start a new run folder instead"
+                )
+        else:
+            check_output_dir(output, args.overwrite or args.resume, marker=RUN_FILE, protected=inputs)
+            if output.exists() and any(output.iterdir()):  # an earlier run, replaced (--overwrite)
+                shutil.rmtree(output)
+            output.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(run_file, json.dumps(args.to_json(), indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    return output
+
+
+def is_prepared_data(paths: Sequence[str]) -> bool:
+    return len(paths) == 1 and (Path(paths[0]) / MANIFEST).is_file()
+
+
+def prepare_inputs(args: PretrainArguments, output: Path, accelerator: Accelerator) -> tuple[Any, Path]:
+    """The tokenizer and the prepared data folder, making either in the run folder when needed.
+
+    The main process makes them first; the others then find them done.
+    """
+    with accelerator.main_process_first():
+        if args.tokenizer is not None:
+            tokenizer = load_tokenizer(args.tokenizer)
+        elif is_prepared_data(args.data):
+            raise ValueError(f"{args.data[0]} is prepared data: give the tokenizer it was prepared with (--tokenizer)")
+        elif (output / "tokenizer").is_dir():
+            tokenizer = load_tokenizer(output / "tokenizer")
+        else:
+            corpus = {"text_field": args.text_field, "split": args.split, "invalid_utf8": args.invalid_utf8}
+            tokenizer = train_bpe_tokenizer(args.data, args.vocab_size, output / "tokenizer", **corpus)
+        if is_prepared_data(args.data):
+            data_dir = Path(args.data[0])
+        else:
+            data_dir = output / "data"
+            if not (data_dir / MANIFEST).is_file():
+                prepare_data(
+                    args.data,
+                    tokenizer,
+                    data_dir,
+                    val_fraction=args.val_fraction,
+                    text_field=args.text_field,
+                    split=args.split,
+                    invalid_utf8=args.invalid_utf8,
+                )
+    return tokenizer, data_dir
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`name=value` with value read as JSON when it parses (numbers, lists, true/null), else as a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"a model override must look like name=value, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
+def build_config(model: str, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> HfGptConfig:
+    """A preset or config file, with overrides; the vocabulary follows the tokenizer unless set explicitly."""
+    path = Path(model)
+    # The token ids come from the tokenizer below; unset until then so the vocabulary check speaks first.
+    unset = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    if model in PRESETS:
+        vocab = {} if "vocab_size" in overrides else {"vocab_size": len(tokenizer)}
+        config = HfGptConfig.from_preset(model, **vocab, **overrides, **unset)
+    elif path.is_file() or (path / "config.json").is_file():
+        values = HfGptConfig.from_json_file(str(path if path.is_file() else path / "config.json")).to_dict()
+        values = {**values, **overrides, **unset}
+        values.pop("model_type", None)
+        config = HfGptConfig(**values)
+    else:
+        raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
+    if config.vocab_size < len(tokenizer):
+        raise ValueError(
+            f"the model's vocab_size ({config.vocab_size}) is smaller than the tokenizer's vocabulary "
+            f"({len(tokenizer)} tokens): token ids would fall outside the embedding table; "
+            f"set vocab_size >= {len(tokenizer)}"
+        )
+    # Our tokenizers (and GPT-2's) use one token for both: the document separator.
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    config.check()
+    return config
+
+
+def batch_shape(args: PretrainArguments, num_processes: int) -> tuple[int, int]:
+    """(micro batch per process, gradient accumulation steps) that make up the global batch exactly."""
+    micro = args.micro_batch_size or max(1, args.batch_size // num_processes)
+    per_pass = micro * num_processes
+    if args.batch_size % per_pass:
+        raise ValueError(
+            f"batch_size {args.batch_size} is not a multiple of micro_batch_size {micro} x {num_processes} "
+            f"processes = {per_pass}; choose sizes that divide it"
+        )
+    return micro, args.batch_size // per_pass
+
+
+def load_blocks(data_dir: Path, tokenizer, block_size: int, batch_size: int) -> tuple[TokenBlocks, TokenBlocks | None]:
+    manifest = read_manifest(data_dir)
+    train = TokenBlocks(data_dir, "train", block_size, tokenizer)
+    if len(train) < batch_size:
+        raise ValueError(
+            f"the training data ({train.num_tokens} tokens in {data_dir}) makes {len(train)} blocks of "
+            f"{block_size} tokens, fewer than one batch of {batch_size}; add data or lower the batch or block size"
+        )
+    val = None
+    if manifest["splits"].get("val", {}).get("tokens", 0) > 0:
+        val = TokenBlocks(data_dir, "val", block_size, tokenizer)
+    return train, val
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training.
+
+
+class Trainer:
+    """One pretraining run; `pretrain()` is the entry point."""
+
+    def __init__(self, args: PretrainArguments):
+        args.check()
+        self.args = args
+        dynamo = {"dynamo_backend": "inductor"} if args.compile else {}
+        logs = Path(args.output_dir) / "logs"
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            log_with=tracker_names(args.log_with),
+            project_dir=str(logs),
+            **dynamo,
+        )
+        # Known only now: how many processes share the batch.
+        self.micro_batch, accumulation = batch_shape(args, self.accelerator.num_processes)
+        self.accelerator.gradient_accumulation_steps = accumulation
+        self.output = prepare_run_folder(args, self.accelerator)
+        self.tokenizer, self.data_dir = prepare_inputs(args, self.output, self.accelerator)
+        self.config = build_config(args.model, args.model_overrides, self.tokenizer)
+        self.block_size = args.block_size or self.config.max_position_embeddings
+        if self.block_size > self.config.max_position_embeddings:
+            raise ValueError(
+                f"block_size {self.block_size} is larger than the model's context "
+                f"(max_position_embeddings={self.config.max_position_embeddings})"
+            )
+        self.train_blocks, self.val_blocks = load_blocks(
+            self.data_dir, self.tokenizer, self.block_size, args.batch_size
+        )
+        self.metrics = MetricsLog(logs / "metrics.jsonl", enabled=self.accelerator.is_main_process)
+
+    def build_model(self) -> None:
+        set_seed(self.args.seed)  # the same initial weights on every process and every run
+        model = HfGptForCausalLM(self.config)
+        if self.args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.num_parameters = count_parameters(model)
+        self.flops_per_token = flops_per_token(
+            self.config, count_parameters(model, non_embedding=True), self.block_size
+        )
+        args = self.args
+        optimizer = make_optimizer(
+            model, args.learning_rate, args.weight_decay, args.adam_betas, args.adam_eps, self.accelerator.device
+        )
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # Not prepared: Accelerate would step it once per process (see make_scheduler).
+        self.scheduler = make_scheduler(self.optimizer, args.warmup_steps, args.max_steps, args.final_lr_ratio)
+        self.progress = Progress()
+        self.accelerator.register_for_checkpointing(self.scheduler, self.progress)
+
+    def resume(self) -> None:
+        checkpoints = self.output / "checkpoints"
+        if self.accelerator.is_main_process:
+            remove_unfinished(checkpoints)
+        latest = latest_checkpoint(checkpoints) if self.args.resume else None
+        if latest is not None:
+            self.accelerator.load_state(str(latest))
+            self.accelerator.print(f"resumed from {latest} (step {self.progress.step})")
+
+    def train_loader(self) -> torch.utils.data.DataLoader:
+        """The batches still to come, from the current step on, sharded over processes by Accelerate."""
+        start, stop = self.progress.step * self.args.batch_size, self.args.max_steps * self.args.batch_size
+        sampler = SamplePositions(len(self.train_blocks), self.args.seed, start, stop)
+        loader = torch.utils.data.DataLoader(
+            self.train_blocks,
+            batch_size=self.micro_batch,
+            sampler=sampler,
+            pin_memory=self.accelerator.device.type == "cuda",
+            generator=private_generator(),
+        )
+        return self.accelerator.prepare(loader)
+
+    def val_loader(self) -> torch.utils.data.DataLoader | None:
+        if self.val_blocks is None:
+            return None
+        count = (
+            len(self.val_blocks) if self.args.eval_blocks is None else min(self.args.eval_blocks, len(self.val_blocks))
+        )
+        self.val_characters = sum(len(self.tokenizer.decode(self.val_blocks[i]["shift_labels"])) for i in range(count))
+        subset = torch.utils.data.Subset(self.val_blocks, range(count))
+        loader = torch.utils.data.DataLoader(subset, batch_size=self.micro_batch, generator=private_generator())
+        return self.accelerator.prepare(loader)
+
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict[str, float]:
+        """Mean token loss over the validation blocks, perplexity, and nats per character."""
+        self.model.eval()
+        losses = []
+        for batch in loader:
+            logits = self.model(input_ids=batch["input_ids"]).logits
+            per_token = torch.nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), batch["shift_labels"].flatten(), reduction="none"
+            )
+            losses.append(self.accelerator.gather_for_metrics(per_token.view(len(logits), -1).mean(1)))
+        self.model.train()
+        scores = torch.cat(losses)
+        loss = scores.mean().item()
+        return {
+            "val_loss": loss,
+            "val_perplexity": math.exp(min(loss, 700.0)),
+            "val_nats_per_char": scores.sum().item() * self.block_size / self.val_characters,
+        }
+
+    def train_step(self, batches: Iterator[dict]) -> tuple[float, float | None]:
+        """One optimizer step over the accumulated micro batches; returns the global mean loss and grad norm."""
+        accelerator, total, grad_norm = self.accelerator, torch.zeros((), device=self.accelerator.device), None
+        accumulation = accelerator.gradient_accumulation_steps
+        for _ in range(accumulation):
+            batch = next(batches)
+            with accelerator.accumulate(self.model):
+                loss = self.model(input_ids=batch["input_ids"], shift_labels=batch["shift_labels"]).loss
+                accelerator.backward(loss)
+                total += loss.detach() / accumulation
+                if accelerator.sync_gradients:
+                    # Checked before the update, so a NaN never reaches the weights or a checkpoint.
+                    mean_loss = accelerator.reduce(total, "mean").item()
+                    if not math.isfinite(mean_loss):
+                        raise TrainingDiverged(f"the loss is {mean_loss} at step {self.progress.step + 1}")
+                    norm = accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+                    grad_norm = None if norm is None else float(norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return mean_loss, grad_norm
+
+    def run(self) -> Path:
+        args, accelerator = self.args, self.accelerator
+        self.build_model()
+        self.resume()
+        accelerator.init_trackers("hf_gpt", config={k: str(v) for k, v in args.to_json().items()})
+        val_loader = self.val_loader()
+        peak = args.peak_tflops * 1e12 if args.peak_tflops else measured_peak_flops(accelerator)
+        tokens_per_step = args.batch_size * self.block_size
+        accelerator.print(
+            f"{self.num_parameters:,} parameters, {len(self.train_blocks)} training blocks of "
+            f"{self.block_size} tokens; "
+            f"batch {args.batch_size} = {self.micro_batch} x {accelerator.num_processes} processes x "
+            f"{accelerator.gradient_accumulation_steps} accumulation; {args.max_steps} steps"
+        )
+        bar = tqdm(
+            total=args.max_steps,
+            initial=self.progress.step,
+            desc="pretraining",
+            disable=not accelerator.is_local_main_process,
+        )
+        batches = iter(self.train_loader())
+        self.model.train()
+        last_eval: dict[str, float] = {}
+        try:
+            while self.progress.step < args.max_steps:
+                started = time.perf_counter()
+                lr = self.scheduler.get_last_lr()[0]
+                loss, grad_norm = self.train_step(batches)
+                elapsed = time.perf_counter() - started
+                self.progress.step += 1
+                self.progress.tokens += tokens_per_step
+                self.progress.train_seconds += elapsed
+                step = self.progress.step
+                tokens_per_second = tokens_per_step / elapsed
+                mfu = self.flops_per_token * tokens_per_second / (peak * accelerator.num_processes)
+                bar.update(1)
+                shown = {
+                    "loss": f"{loss:.4f}",
+                    "lr": f"{lr:.2e}",
+                    "tok/s": f"{tokens_per_second:,.0f}",
+                    "mfu": f"{mfu:.1%}",
+                }
+                bar.set_postfix(shown, refresh=False)
+                record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self.progress.tokens}
+                if step % args.log_every == 0 or step == 1:
+                    self.log(step, {**record, "tokens_per_second": tokens_per_second, "mfu": mfu})
+                if val_loader is not None and (step % args.eval_every == 0 or step == args.max_steps):
+                    last_eval = self.evaluate(val_loader)
+                    self.log(step, last_eval)
+                    if accelerator.is_local_main_process:
+                        bar.write(
+                            f"step {step}: val loss {last_eval['val_loss']:.4f}, "
+                            f"perplexity {last_eval['val_perplexity']:.2f}, "
+                            f"{last_eval['val_nats_per_char']:.4f} nats/char"
+                        )
+                if step % args.save_every == 0 or step == args.max_steps:
+                    save_checkpoint(accelerator, self.output / "checkpoints", step, args.keep_checkpoints)
+        except KeyboardInterrupt:
+            bar.close()
+            accelerator.print(f"interrupted at step {self.progress.step}: saving the model as it is")
+            self.save_model(last_eval, interrupted=True)
+            raise
+        except TrainingDiverged as e:
+            bar.close()
+            latest = latest_checkpoint(self.output / "checkpoints")
+            kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved before it"
+            raise TrainingDiverged(f"{e}; training stopped, {kept}") from None
+        bar.close()
+        model_dir = self.save_model(last_eval)
+        accelerator.end_training()  # closes the trackers, and the process group: last
+        return model_dir
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        values = {k: v for k, v in values.items() if v is not None}
+        self.accelerator.log(values, step=step)
+        self.metrics.write(step, values)
+
+    def save_model(self, evaluation: dict[str, float], interrupted: bool = False) -> Path:
+        """The usable result: a save_pretrained folder with tokenizer, generation config and card."""
+        accelerator = self.accelerator
+        state_dict = accelerator.get_state_dict(self.model)  # gathered whole under FSDP / DeepSpeed
+        target = self.output / "model"
+        if accelerator.is_main_process:
+            model = accelerator.unwrap_model(self.model)
+            model.generation_config = sampling_defaults(self.config)
+            with atomic_directory(target, overwrite=True) as staging:
+                model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+                self.tokenizer.save_pretrained(staging)
+                write_card(self.card(evaluation, interrupted), staging)
+            accelerator.print(f"model saved to {target}")
+        accelerator.wait_for_everyone()
+        return target
+
+    def card(self, evaluation: dict[str, float], interrupted: bool):
+        args, accelerator = self.args, self.accelerator
+        hardware = f"{accelerator.num_processes} x {device_name(accelerator.device)}"
+        training = [
+            ("Data", ", ".join(Path(p).name for p in args.data)),
+            ("Tokens seen", f"{self.progress.tokens:,}"),
+            ("Steps", f"{self.progress.step} of {args.max_steps}" + (" (interrupted)" if interrupted else "")),
+            ("Batch", f"{args.batch_size} sequences x {self.block_size} tokens"),
+            (
+                "Optimizer",
+                f"AdamW, lr {args.learning_rate:g}, warmup {args.warmup_steps}, cosine to "
+                f"{args.final_lr_ratio:g}x, weight decay {args.weight_decay:g}",
+            ),
+            ("Precision", accelerator.mixed_precision),
+            ("Hardware", hardware),
+            ("Training time", f"{self.progress.train_seconds:.0f} s"),
+        ]
+        results = (
+            [
+                ("Validation loss", f"{evaluation['val_loss']:.4f} nats/token"),
+                ("Validation perplexity", f"{evaluation['val_perplexity']:.2f}"),
+                ("Validation nats per character", f"{evaluation['val_nats_per_char']:.4f}"),
+            ]
+            if evaluation
+            else []
+        )
+        return render_card(
+            self.config,
+            self.num_parameters,
+            model_name=Path(args.output_dir).name,
+            summary="A GPT-style decoder trained from scratch with hf_gpt.",
+            model_path=str(self.output / "model"),
+            training=training,
+            evaluation=results,
+            small_data=self.progress.tokens < 100_000_000,
+        )
+
+
+def private_generator() -> torch.Generator:
+    """For DataLoaders, which draw a seed at every iteration: from the global generator, that would shift
+    the dropout masks of every later step, and a resumed run would no longer match an uninterrupted one."""
+    return torch.Generator().manual_seed(0)
+
+
+def sampling_defaults(config: HfGptConfig) -> GenerationConfig:
+    """What `generate()` and the pipeline do by default: top-k sampling, as GPT-2's samples were made."""
+    return GenerationConfig(
+        do_sample=True,
+        top_k=50,
+        temperature=1.0,
+        max_new_tokens=100,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type} ({os.cpu_count()} cores)" if device.type == "cpu" else device.type
+
+
+def pretrain(args: PretrainArguments | None = None, **kwargs) -> Path:
+    """Train a GPT from scratch; returns the folder of the trained model (`OUTPUT/model`)."""
+    return Trainer(args or PretrainArguments(**kwargs)).run()

@@ -1,0 +1,349 @@
+"""Pretraining with Accelerate: schedule, optimizer groups, data order, checkpoints, resume, errors, results."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState
+from conftest import varied_text
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+from test_tokenizer import console_script
+from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+from hf_gpt import HfGptConfig, HfGptForCausalLM
+from hf_gpt.checkpoints import complete_checkpoints
+from hf_gpt.data import prepare_data
+from hf_gpt.optimization import parameter_groups, warmup_cosine
+from hf_gpt.training import PretrainArguments, SamplePositions, TrainingDiverged, build_config, pretrain
+
+NO_DROPOUT = ["--set", "embd_pdrop=0", "--set", "attn_pdrop=0", "--set", "resid_pdrop=0"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run starts its own Accelerator, as a new process would."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, trained_tokenizer_dir):
+    """A small prepared data folder (about 30k tokens) made with the session's tokenizer."""
+    root = tmp_path_factory.mktemp("pretrain")
+    corpus = root / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": varied_text(s, 300)}) + "\n" for s in range(40)), encoding="utf-8")
+    prepare_data([corpus], trained_tokenizer_dir, root / "data", val_fraction=0.1, workers=1)
+    return root / "data"
+
+
+def tiny_args(tmp_path, prepared, tokenizer_dir, **overrides) -> PretrainArguments:
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        data=[str(prepared)],
+        tokenizer=None if tokenizer_dir is None else str(tokenizer_dir),
+        model="gpt2-tiny",
+        block_size=32,
+        batch_size=8,
+        max_steps=12,
+        warmup_steps=3,
+        learning_rate=3e-3,
+        eval_every=6,
+        eval_blocks=8,
+        save_every=4,
+        log_every=1,
+        log_with="none",
+        peak_tflops=1.0,
+    )
+    return PretrainArguments(**{**values, **overrides})
+
+
+def cli_pretrain(prepared, tokenizer_dir, output, *extra) -> list[str]:
+    return [
+        console_script(), "pretrain", str(prepared), "--tokenizer", str(tokenizer_dir), "--output", str(output),
+        "--model", "gpt2-tiny", "--block-size", "32", "--batch-size", "8", "--warmup-steps", "3",
+        "--eval-every", "10", "--eval-blocks", "4", "--log-every", "1", "--log-with", "none", "--peak-tflops", "1",
+        *extra,
+    ]  # fmt: skip
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run: Path) -> dict[int, tuple[float, float]]:
+    return {m["step"]: (m["loss"], m["lr"]) for m in metrics(run) if "loss" in m}
+
+
+def weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "model.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pieces
+
+
+def test_warmup_then_cosine_to_ten_percent():
+    lr = [warmup_cosine(s, warmup_steps=10, total_steps=110, final_ratio=0.1) for s in range(120)]
+    assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)  # linear warmup
+    assert all(a < b for a, b in zip(lr[:9], lr[1:10], strict=True))
+    assert lr[10] == pytest.approx(1.0)
+    assert lr[60] == pytest.approx(0.55)  # half way down the cosine: (1 + 0.1) / 2
+    assert all(a >= b for a, b in zip(lr[10:110], lr[11:111], strict=True))
+    assert lr[110] == pytest.approx(0.1) and lr[119] == pytest.approx(0.1)  # stays at the floor
+
+
+def test_no_weight_decay_on_biases_norms_and_embeddings():
+    model = HfGptForCausalLM(HfGptConfig.from_preset("gpt2-tiny"))
+    decay, no_decay = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decayed and all(n.endswith("weight") and "ln" not in n and "wte" not in n for n in decayed)
+    assert {"transformer.wte.weight", "transformer.wpe.weight"} <= exempt  # wte is also the tied lm_head
+    assert any(n.endswith("bias") for n in exempt) and any(".ln_" in n for n in exempt)
+    assert len(decayed) + len(exempt) == len(list(model.parameters()))  # every parameter, tied ones once
+
+
+def test_sample_positions_are_a_permutation_per_epoch_and_resume_exactly():
+    whole = list(SamplePositions(10, seed=3, start=0, stop=30))
+    assert sorted(whole[:10]) == sorted(whole[10:20]) == list(range(10))
+    assert whole[:10] != whole[10:20]  # a new order each epoch
+    assert list(SamplePositions(10, seed=3, start=13, stop=30)) == whole[13:]
+    assert list(SamplePositions(10, seed=4, start=0, stop=10)) != whole[:10]
+
+
+def test_vocabulary_follows_the_tokenizer_unless_set(trained_tokenizer):
+    config = build_config("gpt2", {"num_hidden_layers": 1}, trained_tokenizer)
+    assert config.vocab_size == len(trained_tokenizer) == 700
+    assert config.eos_token_id == config.bos_token_id == trained_tokenizer.eos_token_id
+    assert build_config("gpt2-tiny", {"vocab_size": 768}, trained_tokenizer).vocab_size == 768  # padded is fine
+    with pytest.raises(ValueError, match=r"vocab_size \(512\) is smaller than the tokenizer's vocabulary \(700"):
+        build_config("gpt2-tiny", {"vocab_size": 512}, trained_tokenizer)
+    with pytest.raises(ValueError, match="neither a preset"):
+        build_config("gpt5", {}, trained_tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Errors before training
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"block_size": 256}, r"block_size 256 is larger than the model's context \(max_position_embeddings=128\)"),
+        ({"batch_size": 4096}, r"fewer than one batch of 4096"),
+        ({"batch_size": 8, "micro_batch_size": 3}, r"batch_size 8 is not a multiple of micro_batch_size 3"),
+        ({"model_overrides": {"vocab_size": 100}}, r"smaller than the tokenizer's vocabulary"),
+        ({"warmup_steps": 50}, r"warmup_steps must be in \[0, max_steps=12\]"),
+        ({"mixed_precision": "fp8"}, r"mixed_precision must be one of"),
+    ],
+)
+def test_bad_settings_fail_before_training(tmp_path, prepared, trained_tokenizer_dir, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir, **overrides))
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "model").exists()
+
+
+def test_unwritable_or_foreign_output_is_refused(tmp_path, prepared, trained_tokenizer_dir):
+    foreign = tmp_path / "run"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty"):
+        pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir))
+    with pytest.raises(ValueError, match="has no run.json"):
+        pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir, overwrite=True))
+    assert (foreign / "notes.txt").read_text() == "mine"
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(ValueError, match="cannot write to"):
+            pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir, output_dir=str(locked / "run")))
+
+
+def test_prepared_data_needs_its_tokenizer(tmp_path, prepared, tokenizer):
+    with pytest.raises(ValueError, match="give the tokenizer it was prepared with"):
+        pretrain(tiny_args(tmp_path, prepared, None))
+    other = tmp_path / "other-tokenizer"
+    tokenizer.save_pretrained(other)
+    with pytest.raises(ValueError, match="prepared with a different tokenizer"):
+        pretrain(tiny_args(tmp_path, prepared, other, overwrite=True))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, prepared, trained_tokenizer_dir):
+    # Adam moves every weight by about the learning rate: 1e30 makes the next forward overflow.
+    args = tiny_args(tmp_path, prepared, trained_tokenizer_dir, learning_rate=1e30, warmup_steps=0, save_every=1)
+    with pytest.raises(
+        TrainingDiverged, match=r"the loss is (nan|inf) at step 2; .*last good checkpoint is .*step-00000001"
+    ):
+        pretrain(args)
+    assert [p.name for p in complete_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000001"]
+    assert not (tmp_path / "run" / "model").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A whole run
+
+
+def test_pretrain_writes_a_model_the_ecosystem_loads(tmp_path, prepared, trained_tokenizer_dir):
+    model_dir = pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir, keep_checkpoints=2))
+    run = tmp_path / "run"
+    assert model_dir == run / "model"
+    assert [p.name for p in complete_checkpoints(run / "checkpoints")] == ["step-00000008", "step-00000012"]
+
+    log = metrics(run)
+    losses = [m["loss"] for m in log if "loss" in m]
+    assert len(losses) == 12 and losses[-1] < losses[0] - 0.3  # it learns
+    evals = [m for m in log if "val_loss" in m]
+    assert [m["step"] for m in evals] == [6, 12]
+    assert evals[-1]["val_perplexity"] == pytest.approx(math.exp(evals[-1]["val_loss"]))
+    assert all(0 < m["mfu"] and m["tokens_per_second"] > 0 for m in log if "mfu" in m)
+
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_hf_gpt.HfGptForCausalLM"
+    assert (model_dir / "model.safetensors").is_file() and (model_dir / "modeling_hf_gpt.py").is_file()
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    assert generation["do_sample"] is True and generation["top_k"] == 50
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert len(tokenizer) == 700 and model.config.vocab_size == 700
+    torch.testing.assert_close(model.lm_head.weight, model.transformer.wte.weight)
+    generator = pipeline("text-generation", model=str(model_dir))
+    text = generator("The quick", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The quick") and len(text) > len("The quick")
+
+    card = ModelCard.load(model_dir / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert {"hf_gpt", "custom_code"} <= set(card.data.tags)
+    assert f"{evals[-1]['val_perplexity']:.2f}" in card.text and "| Steps | 12 of 12 |" in card.text
+
+
+def test_gradient_accumulation_gives_the_same_training(tmp_path, prepared, trained_tokenizer_dir):
+    no_dropout = {"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}
+    common = dict(max_steps=6, model_overrides=no_dropout, save_every=6, eval_every=6)
+    pretrain(tiny_args(tmp_path / "a", prepared, trained_tokenizer_dir, **common))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    pretrain(tiny_args(tmp_path / "b", prepared, trained_tokenizer_dir, micro_batch_size=2, **common))
+    one, four = train_losses(tmp_path / "a" / "run"), train_losses(tmp_path / "b" / "run")
+    assert one.keys() == four.keys() == set(range(1, 7))
+    for step in one:
+        assert four[step][0] == pytest.approx(one[step][0], rel=1e-5) and four[step][1] == one[step][1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Interrupted runs (separate processes, killed for real)
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path.name} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, prepared, trained_tokenizer_dir):
+    steps = ["--max-steps", "60", "--save-every", "10", "--keep-checkpoints", "2"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run(cli_pretrain(prepared, trained_tokenizer_dir, whole, *steps), check=True, capture_output=True)
+
+    process = subprocess.Popen(
+        cli_pretrain(prepared, trained_tokenizer_dir, cut, *steps),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(cut / "checkpoints" / "step-00000020", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (cut / "model").exists()  # it was stopped mid-way
+    killed_at = max(m["step"] for m in metrics(cut))
+    assert killed_at < 60
+
+    resumed = subprocess.run(
+        cli_pretrain(prepared, trained_tokenizer_dir, cut, *steps, "--resume"), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "step-000000" in resumed.stdout
+    a, b = weights(whole / "model"), weights(cut / "model")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    # The resumed run logged the same losses for the steps it replayed and the ones after.
+    expected = train_losses(whole)
+    for step, (loss, lr) in train_losses(cut).items():
+        assert loss == pytest.approx(expected[step][0], abs=1e-6) and lr == pytest.approx(expected[step][1])
+    # Newest checkpoints kept, named by step (not restarted by Accelerate's counter).
+    assert [p.name for p in complete_checkpoints(cut / "checkpoints")] == ["step-00000050", "step-00000060"]
+
+
+def test_resume_refuses_changed_arguments(tmp_path, prepared, trained_tokenizer_dir):
+    pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir, max_steps=4, save_every=2))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    with pytest.raises(ValueError, match="cannot resume .*: learning_rate differ"):
+        pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir, max_steps=4, learning_rate=1e-3, resume=True))
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_loadable_model(tmp_path, prepared, trained_tokenizer_dir):
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        cli_pretrain(prepared, trained_tokenizer_dir, run, "--max-steps", "100000", "--save-every", "5"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(run / "checkpoints" / "step-00000005", process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted at step" in stdout and f"model saved to {run / 'model'}" in stdout
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    assert model.config.vocab_size == 700
+    assert "(interrupted)" in (run / "model" / "README.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distributed: two real processes (gloo) against one
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path, prepared, trained_tokenizer_dir):
+    steps = ["--max-steps", "8", "--save-every", "4", "--warmup-steps", "2", *NO_DROPOUT]
+    single, double = tmp_path / "single", tmp_path / "double"
+    subprocess.run(cli_pretrain(prepared, trained_tokenizer_dir, single, *steps), check=True, capture_output=True)
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launch = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "-m", "hf_gpt.cli",
+    ]  # fmt: skip
+    command = launch + cli_pretrain(prepared, trained_tokenizer_dir, double, *steps)[1:]
+    done = subprocess.run(command, env={**os.environ, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-8000:]
+    assert "batch 8 = 4 x 2 processes x 1 accumulation" in done.stdout  # really two processes
+    one, two = train_losses(single), train_losses(double)
+    assert one.keys() == two.keys() == set(range(1, 9))
+    for step in one:
+        assert two[step][0] == pytest.approx(one[step][0], rel=1e-4)
+        assert two[step][1] == pytest.approx(one[step][1], rel=1e-9)  # the schedule is not sped up
+    assert [m["step"] for m in metrics(double) if "val_loss" in m] == [8]
+    a, b = weights(single / "model"), weights(double / "model")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4, msg=name)
