@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: missing or unreadable files and models
         print(f"hf-gpt {args.command}: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:  # e.g. training diverged: the message says where the last good state is

@@ -39,7 +39,6 @@ TRAINING = dict(
     block_size=128,
     batch_size=16,
     learning_rate=2e-3,
-    warmup_steps=50,
     eval_every=250,
     eval_blocks=64,
     save_every=500,
@@ -47,6 +46,7 @@ TRAINING = dict(
     val_fraction=0.05,
 )
 STEPS = 1000
+WARMUP_STEPS = 50
 
 
 def stdlib_modules() -> list[Path]:
@@ -87,16 +87,19 @@ def write_corpus(path: Path) -> Path:
 def quickstart(output_dir: str | os.PathLike = "hf-gpt-quickstart", max_steps: int = STEPS, **overrides) -> Path:
     """Train a tokenizer and a small GPT on the standard library docstrings, show samples; returns the model folder."""
     with tempfile.TemporaryDirectory(prefix="hf-gpt-corpus-") as corpus_dir:
-        corpus = write_corpus(Path(corpus_dir) / "stdlib_docstrings.jsonl")
+        corpus = Path(corpus_dir) / "stdlib_docstrings.jsonl"
         args = PretrainArguments(
             output_dir=str(output_dir),
             data=[str(corpus)],
             model=MODEL,
             model_overrides=dict(MODEL_OVERRIDES),
             max_steps=max_steps,
+            warmup_steps=min(WARMUP_STEPS, max_steps // 10),
             overwrite=True,  # only ever replaces an earlier run folder (it checks for run.json)
             **{**TRAINING, **overrides},
         )
+        args.check()  # before the minutes of work below
+        write_corpus(corpus)
         trainer = Trainer(args)
         model_dir = trainer.run()
     if trainer.accelerator.is_main_process:
