@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--tokenizer", required=True, help="tokenizer folder")
     prepare.add_argument("--output", required=True, help="folder for train.bin, val.bin and manifest.json")
     prepare.add_argument("--val-fraction", type=float, default=0.01, help="share of tokens for validation")
+    add_val_input_option(prepare)
     prepare.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
 
     add_pretrain_parser(commands)
@@ -67,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, default=None, help="optimizer steps (default: about 3 minutes on 2 cores)"
     )
     return parser
+
+
+def add_val_input_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--val-input",
+        dest="val_inputs",
+        action="append",
+        default=None,
+        metavar="INPUT",
+        help="held-out input for the validation split, instead of --val-fraction (repeatable)",
+    )
 
 
 def add_pretrain_parser(commands) -> None:
@@ -116,6 +128,7 @@ def add_pretrain_parser(commands) -> None:
     p.add_argument("--log-every", type=int, default=defaults.log_every)
     p.add_argument("--log-with", default=defaults.log_with, help="auto (TensorBoard if installed), none, or a tracker")
     p.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="for data prepared here")
+    add_val_input_option(p)
     p.add_argument("--peak-tflops", type=float, help="per-device peak for MFU (default: measured)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUTPUT")
     add_corpus_options(p)
@@ -153,7 +166,13 @@ def run(args: argparse.Namespace) -> None:
         from .data import prepare_data
 
         prepare_data(
-            args.inputs, args.tokenizer, args.output, val_fraction=args.val_fraction, workers=args.workers, **common
+            args.inputs,
+            args.tokenizer,
+            args.output,
+            val_fraction=args.val_fraction,
+            val_inputs=args.val_inputs,
+            workers=args.workers,
+            **common,
         )
     elif args.command == "pretrain":
         pretrain_from(args, common)
@@ -177,7 +196,7 @@ def pretrain_from(args: argparse.Namespace, common: dict) -> None:
         "tokenizer", "vocab_size", "model", "block_size", "batch_size", "micro_batch_size", "max_steps",
         "learning_rate", "warmup_steps", "final_lr_ratio", "weight_decay", "max_grad_norm", "mixed_precision",
         "compile", "gradient_checkpointing", "seed", "eval_every", "eval_blocks", "save_every", "keep_checkpoints",
-        "log_every", "log_with", "val_fraction", "peak_tflops", "resume",
+        "log_every", "log_with", "val_fraction", "val_inputs", "peak_tflops", "resume",
     )  # fmt: skip
     overrides = dict(parse_override(text) for text in args.model_overrides)
     pretrain(

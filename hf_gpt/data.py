@@ -160,12 +160,16 @@ def prepare_data(
     invalid_utf8: str = "error",
     workers: int | None = None,
     overwrite: bool = False,
+    val_inputs: Sequence[str | os.PathLike | Any] | str | os.PathLike | Any | None = None,
 ) -> dict:
     """Encode `inputs` (see `hf_gpt.documents.Corpus`) into packed token files; returns the manifest.
 
     Validation gets whole pieces (documents, or ~16k-character stretches of long ones) spread evenly
-    through the corpus, about `val_fraction` of the tokens.
+    through the corpus, about `val_fraction` of the tokens; or, with `val_inputs`, exactly those
+    inputs (a held-out file, say) and nothing of `inputs`.
     """
+    if val_inputs is not None:
+        val_fraction = 0.0
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     protected = [] if isinstance(tokenizer, PreTrainedTokenizerBase) else [Path(tokenizer)]
@@ -175,26 +179,31 @@ def prepare_data(
     workers = available_cores() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    corpus = Corpus(inputs, text_field=text_field, split=split, invalid_utf8=invalid_utf8)
+    options = {"text_field": text_field, "split": split, "invalid_utf8": invalid_utf8}
+    corpus = Corpus(inputs, **options)
+    corpora = [corpus] if val_inputs is None else [corpus, Corpus(val_inputs, **options)]
     dtype = token_dtype(len(tokenizer))
     splitter = ValidationSplit(val_fraction)
     counts = {name: {"file": f"{name}.bin", "tokens": 0, "documents": 0} for name in SPLITS}
     end = np.array([separator], dtype=dtype)
+    inputs_inside = [path for c in corpora for path in c.paths]
 
-    with atomic_directory(output_dir, overwrite, marker=MANIFEST, protected=protected + corpus.paths) as staging:
+    with atomic_directory(output_dir, overwrite, marker=MANIFEST, protected=protected + inputs_inside) as staging:
         with open(staging / "train.bin", "wb") as train, open(staging / "val.bin", "wb") as val:
             files = {"train": train, "val": val}
-            encoded = encode_pieces(corpus.pieces("encoding"), backend_of(tokenizer).to_str(), dtype, workers)
-            for piece, ids in encoded:
-                if piece.ends_document:
-                    ids = np.concatenate([ids, end])
-                name = "val" if splitter.takes(len(ids)) else "train"
-                files[name].write(ids.tobytes())
-                counts[name]["tokens"] += len(ids)
-                counts[name]["documents"] += piece.ends_document
+            for source, description in zip(corpora, ["encoding", "encoding validation"], strict=False):
+                encoded = encode_pieces(source.pieces(description), backend_of(tokenizer).to_str(), dtype, workers)
+                for piece, ids in encoded:
+                    if piece.ends_document:
+                        ids = np.concatenate([ids, end])
+                    name = "val" if source is not corpus or splitter.takes(len(ids)) else "train"
+                    files[name].write(ids.tobytes())
+                    counts[name]["tokens"] += len(ids)
+                    counts[name]["documents"] += piece.ends_document
             flush_to_disk(train)
             flush_to_disk(val)
-        corpus.check_not_empty()
+        for source in corpora:
+            source.check_not_empty()
         if counts["train"]["tokens"] == 0 or (val_fraction > 0 and counts["val"]["tokens"] == 0):
             raise ValueError(
                 f"the corpus is too small for val_fraction={val_fraction}: {corpus.documents} documents, "
@@ -210,20 +219,19 @@ def prepare_data(
                 "separator_id": separator,
             },
             "splits": counts,
-            "documents": corpus.documents,
-            "characters": corpus.characters,
+            **{key: sum(getattr(c, key) for c in corpora) for key in ("documents", "characters")},
             "val_fraction": val_fraction,
             "invalid_utf8": invalid_utf8,
-            "replaced_bytes": corpus.replaced_bytes,
-            "inexact_cuts": corpus.inexact_cuts,
+            **{key: sum(getattr(c, key) for c in corpora) for key in ("replaced_bytes", "inexact_cuts")},
             "inputs": [str(i) for i in corpus.inputs],
+            "val_inputs": [str(i) for i in corpora[1].inputs] if val_inputs is not None else None,
         }
         write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    if corpus.inexact_cuts:
-        print(f"note: {corpus.inexact_cuts} pieces were cut inside a word longer than 4096 characters")
+    if manifest["inexact_cuts"]:
+        print(f"note: {manifest['inexact_cuts']} pieces were cut inside a word longer than 4096 characters")
     print(
-        f"{corpus.documents} documents -> {counts['train']['tokens']} train + {counts['val']['tokens']} val tokens "
-        f"({dtype.name}) written to {output_dir}"
+        f"{manifest['documents']} documents -> {counts['train']['tokens']} train + {counts['val']['tokens']} "
+        f"val tokens ({dtype.name}) written to {output_dir}"
     )
     return manifest
 

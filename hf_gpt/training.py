@@ -83,6 +83,7 @@ class PretrainArguments:
     log_every: int = 10
     log_with: str = "auto"  # "auto" (TensorBoard when installed), "none", or an Accelerate tracker name
     val_fraction: float = 0.01  # for data prepared here
+    val_inputs: list[str] | None = None  # held-out inputs for validation instead of val_fraction
     text_field: str = "text"
     split: str = "train"
     invalid_utf8: str = "error"
@@ -166,7 +167,8 @@ def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> Pat
     """Create or reopen the run folder; refuse one that is not ours or whose arguments changed."""
     output = Path(args.output_dir)
     run_file = output / RUN_FILE
-    inputs = [p for p in [*args.data, args.tokenizer] if p is not None and Path(p).exists()]
+    named = [*args.data, *(args.val_inputs or []), args.tokenizer]
+    inputs = [p for p in named if p is not None and Path(p).exists()]
     resuming = args.resume and run_file.is_file()
     if accelerator.is_main_process:
         if resuming:
@@ -220,6 +222,7 @@ def prepare_inputs(args: PretrainArguments, output: Path, accelerator: Accelerat
                     tokenizer,
                     data_dir,
                     val_fraction=args.val_fraction,
+                    val_inputs=args.val_inputs,
                     text_field=args.text_field,
                     split=args.split,
                     invalid_utf8=args.invalid_utf8,

@@ -69,6 +69,16 @@ def test_every_document_once_with_its_exact_ids(documents, jsonl_corpus, trained
     assert min(positions) < 100 and max(positions) > 200
 
 
+def test_held_out_validation_inputs(documents, trained_tokenizer, tmp_path):
+    train_file, val_file = tmp_path / "train.txt", tmp_path / "val.txt"
+    train_file.write_text(documents[0], encoding="utf-8")
+    val_file.write_text(documents[1], encoding="utf-8")
+    manifest = prepare_data([train_file], trained_tokenizer, tmp_path / "data", val_inputs=[val_file], workers=1)
+    assert read_split(tmp_path / "data", "train") == encode_plain(trained_tokenizer, documents[0])
+    assert read_split(tmp_path / "data", "val") == encode_plain(trained_tokenizer, documents[1])
+    assert manifest["val_inputs"] == [str(val_file)] and manifest["documents"] == 2
+
+
 def test_long_document_pieces_encode_like_the_whole(trained_tokenizer, tmp_path):
     """A text file is one document; cutting it into pieces for the workers changes no id."""
     text = "\n".join(varied_text(seed, 500) for seed in range(40))  # ~100k characters, many pieces
