@@ -27,6 +27,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
@@ -70,16 +72,6 @@ def tiktoken_encoding(tokenizer):
     specials = set(tokenizer.all_special_tokens)
     ranks = {bytes(to_byte[c] for c in token): i for token, i in tokenizer.get_vocab().items() if token not in specials}
     return tiktoken.Encoding("trained", pat_str=GPT2_SPLIT, mergeable_ranks=ranks, special_tokens={})
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

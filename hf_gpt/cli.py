@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
 
     add_pretrain_parser(commands)
+    add_finetune_parser(commands)
     add_generate_parser(commands)
 
     quick = commands.add_parser(
@@ -134,6 +135,55 @@ def add_pretrain_parser(commands) -> None:
     add_corpus_options(p)
 
 
+def add_finetune_parser(commands) -> None:
+    from .finetuning import FinetuneArguments
+    from .tasks import TASKS
+
+    defaults = FinetuneArguments(model="", train="", output_dir="")
+    p = commands.add_parser(
+        "finetune",
+        help="fine-tune a pretrained GPT on a task, GPT-1 style",
+        description="Fine-tune a pretrained GPT the GPT-1 way: task inputs wrapped in start / delimiter / extract "
+        "tokens, the head reading the extract token, plus an auxiliary language-modelling loss. Task files are "
+        "JSONL or CSV with the columns: classification: text, label; entailment: premise, hypothesis, label; "
+        "similarity: text_a, text_b, label; multiple_choice: context, choices (a list), label (its index).",
+    )
+    p.add_argument("model", help="pretrained model folder (e.g. OUTPUT/model of hf-gpt pretrain)")
+    p.add_argument("train", help="training examples (.jsonl or .csv)")
+    p.add_argument("--task", required=True, choices=sorted({*TASKS, *(t.replace("_", "-") for t in TASKS)}))
+    p.add_argument("--output", required=True, help="folder for the fine-tuned model")
+    p.add_argument("--validation", help="validation examples (default: --val-fraction of the training file)")
+    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    p.add_argument(
+        "--column",
+        dest="columns",
+        action="append",
+        default=[],
+        metavar="ROLE=COLUMN[,COLUMN...]",
+        help="where a role's value is, e.g. --column text=sentence or --column choices=ending0,ending1",
+    )
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="examples per step, all processes")
+    p.add_argument("--learning-rate", "--lr", type=float, default=defaults.learning_rate)
+    p.add_argument("--warmup-ratio", type=float, default=defaults.warmup_ratio)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--lm-weight", type=float, default=defaults.lm_weight, help="λ of the auxiliary LM loss")
+    p.add_argument("--max-length", type=int, help="tokens per sequence (default: the model's context)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier model in --output")
+
+
+def parse_columns(items: Sequence[str]) -> dict[str, list[str]]:
+    columns = {}
+    for item in items:
+        role, sep, names = item.partition("=")
+        if not sep or not role or not names:
+            raise ValueError(f"--column must look like ROLE=COLUMN[,COLUMN...], got {item!r}")
+        columns[role] = names.split(",")
+    return columns
+
+
 def add_generate_parser(commands) -> None:
     p = commands.add_parser("generate", help="sample from a model, streaming tokens as they come")
     p.add_argument("model", help="model folder or Hub name")
@@ -176,6 +226,13 @@ def run(args: argparse.Namespace) -> None:
         )
     elif args.command == "pretrain":
         pretrain_from(args, common)
+    elif args.command == "finetune":
+        from .finetuning import FinetuneArguments, finetune
+
+        fields = ("task", "validation", "val_fraction", "epochs", "batch_size", "learning_rate", "warmup_ratio",
+                  "weight_decay", "lm_weight", "max_length", "seed", "mixed_precision", "overwrite")  # fmt: skip
+        options = {name: getattr(args, name) for name in fields}
+        finetune(FinetuneArguments(args.model, args.train, args.output, columns=parse_columns(args.columns), **options))
     elif args.command == "generate":
         from .generate import generate
 

@@ -1,0 +1,280 @@
+"""GPT-1 style fine-tuning with Accelerate: a pretrained GPT, the task transforms of `tasks.py`, no model change.
+
+The loss is GPT-1's L3 = L2 (task) + λ·L1 (language modelling on the task's own inputs, through the tied
+embedding), λ = 0.5 by default. Classification, entailment and similarity train
+`HfGptForSequenceClassification` (which loads with AutoModelForSequenceClassification and the
+text-classification pipeline); multiple choice trains `HfGptDoubleHeadsModel`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+from .cards import render_card, write_card
+from .estimate import count_parameters
+from .files import atomic_directory, check_output_dir
+from .modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification
+from .optimization import make_optimizer
+from .tasks import Task, add_task_tokens, encode_example, get_task, read_records, task_examples
+
+RESULTS_FILE = "eval_results.json"
+
+
+@dataclass
+class FinetuneArguments:
+    """GPT-1's fine-tuning recipe by default: 3 epochs, batch 32, lr 6.25e-5, 0.2% warmup then linear decay."""
+
+    model: str  # a pretrained folder (e.g. OUTPUT/model of `hf-gpt pretrain`)
+    train: str  # JSONL or CSV
+    output_dir: str
+    task: str = "classification"
+    validation: str | None = None  # default: val_fraction of the training rows
+    val_fraction: float = 0.1
+    columns: dict[str, list[str]] = field(default_factory=dict)  # role -> column name(s)
+    epochs: int = 3
+    batch_size: int = 32  # examples per optimizer step, all processes together
+    learning_rate: float = 6.25e-5
+    warmup_ratio: float = 0.002
+    weight_decay: float = 0.01
+    lm_weight: float = 0.5  # λ of the auxiliary language-modelling loss
+    max_length: int | None = None  # default: the model's context
+    seed: int = 42
+    mixed_precision: str | None = None
+    overwrite: bool = False
+
+    def check(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0 < self.val_fraction < 1 and self.validation is None:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if self.lm_weight < 0:
+            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        if not (Path(self.model) / "config.json").is_file():
+            raise FileNotFoundError(f"no pretrained model in {self.model} (expected its config.json)")
+        get_task(self.task)
+
+
+def label_names(examples: list[dict], task: Task) -> list[str]:
+    """Class names in sorted order; multiple choice has none (the label is the right choice's index)."""
+    if task.name == "multiple_choice":
+        return []
+    return sorted({str(e["label"]) for e in examples})
+
+
+def label_index(example: dict, task: Task, names: list[str], where: str) -> int:
+    if task.name != "multiple_choice":
+        if str(example["label"]) not in names:
+            raise ValueError(f"{where}: label {example['label']!r} did not occur in training ({names})")
+        return names.index(str(example["label"]))
+    label, count = int(example["label"]), len(example["choices"])
+    if not 0 <= label < count:
+        raise ValueError(f"{where}: label {label} is not the index of one of its {count} choices")
+    return label
+
+
+def encode_all(examples, task, tokenizer, names, max_length, where) -> list[dict]:
+    choices = {len(e["choices"]) for e in examples} if task.name == "multiple_choice" else {1}
+    if len(choices) > 1:
+        raise ValueError(f"{where}: every example needs the same number of choices, found {sorted(choices)}")
+    return [
+        {"sequences": encode_example(tokenizer, task, e, max_length), "label": label_index(e, task, names, where)}
+        for e in examples
+    ]
+
+
+def collate(pad_id: int):
+    """Pad every sequence of the batch to one length: input_ids and attention_mask (batch, sequences, length)."""
+
+    def collate_batch(features: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(s) for f in features for s in f["sequences"])
+        ids = [[s + [pad_id] * (length - len(s)) for s in f["sequences"]] for f in features]
+        mask = [[[1] * len(s) + [0] * (length - len(s)) for s in f["sequences"]] for f in features]
+        return {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": torch.tensor(mask),
+            "labels": torch.tensor([f["label"] for f in features]),
+        }
+
+    return collate_batch
+
+
+def language_modelling_loss(hidden: torch.Tensor, input_ids, attention_mask, embedding: torch.Tensor) -> torch.Tensor:
+    """L1 on the task inputs: next-token loss through the tied output embedding, padding ignored."""
+    logits = hidden[:, :-1] @ embedding.T
+    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+def task_forward(model, embedding, batch, task: Task, lm_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores per class or choice, L3 loss) for a padded batch."""
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    if task.name == "multiple_choice":
+        lm_labels = ids.masked_fill(mask == 0, -100)
+        out = model(input_ids=ids, attention_mask=mask, labels=lm_labels, mc_labels=labels)
+        return out.mc_logits, out.mc_loss + lm_weight * out.lm_loss
+    flat_ids, flat_mask = ids.flatten(0, 1), mask.flatten(0, 1)
+    out = model(input_ids=flat_ids, attention_mask=flat_mask, output_hidden_states=True)
+    # Similarity: the two orders' scores summed (the head is linear: the sum of GPT-1's representations).
+    scores = out.logits.view(*ids.shape[:2], -1).sum(1)
+    loss = torch.nn.functional.cross_entropy(scores.float(), labels)
+    if lm_weight:
+        loss = loss + lm_weight * language_modelling_loss(out.hidden_states[-1], flat_ids, flat_mask, embedding)
+    return scores, loss
+
+
+def split_validation(args: FinetuneArguments, task: Task) -> tuple[list[dict], list[dict], str]:
+    train = task_examples(read_records(args.train), task, args.columns, where=args.train)
+    if args.validation is not None:
+        val = task_examples(read_records(args.validation), task, args.columns, where=args.validation)
+        return train, val, args.validation
+    order = list(range(len(train)))
+    random.Random(args.seed).shuffle(order)
+    count = max(1, round(len(train) * args.val_fraction))
+    if count >= len(train):
+        raise ValueError(f"{args.train} has {len(train)} examples: too few to hold out {args.val_fraction:.0%}")
+    held = set(order[:count])
+    kept = [e for i, e in enumerate(train) if i not in held]
+    return kept, [train[i] for i in sorted(held)], f"{count} held-out rows of {args.train}"
+
+
+def load_model(args: FinetuneArguments, task: Task, names: list[str], tokenizer):
+    if task.name == "multiple_choice":
+        model = HfGptDoubleHeadsModel.from_pretrained(args.model, lm_loss_weight=args.lm_weight)
+    else:
+        model = HfGptForSequenceClassification.from_pretrained(
+            args.model,
+            num_labels=len(names),
+            id2label=dict(enumerate(names)),
+            label2id={name: i for i, name in enumerate(names)},
+        )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.resize_token_embeddings(len(tokenizer))  # rows for the three task tokens
+    return model
+
+
+@torch.no_grad()
+def accuracy(model, embedding, loader, task, accelerator) -> float:
+    model.eval()
+    right = []
+    for batch in loader:
+        scores, _ = task_forward(model, embedding, batch, task, lm_weight=0.0)
+        right.append(accelerator.gather_for_metrics(scores.argmax(-1) == batch["labels"]))
+    model.train()
+    return torch.cat(right).float().mean().item()
+
+
+def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
+    """Fine-tune a pretrained GPT on a task file; returns the output folder (model, tokenizer, card, results)."""
+    args = args or FinetuneArguments(**kwargs)
+    args.check()
+    task = get_task(args.task)
+    check_output_dir(args.output_dir, args.overwrite, marker="config.json", protected=[args.model, args.train])
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    if args.batch_size % accelerator.num_processes:
+        raise ValueError(
+            f"batch_size {args.batch_size} must be a multiple of the {accelerator.num_processes} processes"
+        )
+    micro_batch = args.batch_size // accelerator.num_processes
+
+    tokenizer = add_task_tokens(AutoTokenizer.from_pretrained(args.model))
+    train_rows, val_rows, val_source = split_validation(args, task)
+    names = label_names(train_rows, task)
+    if task.name != "multiple_choice" and len(names) < 2:
+        raise ValueError(f"{args.train} has a single label {names}: nothing to classify")
+    set_seed(args.seed)
+    model = load_model(args, task, names, tokenizer)
+    max_length = args.max_length or model.config.max_position_embeddings
+    if max_length > model.config.max_position_embeddings:
+        raise ValueError(
+            f"max_length {max_length} exceeds the model's context ({model.config.max_position_embeddings})"
+        )
+    train = encode_all(train_rows, task, tokenizer, names, max_length, args.train)
+    val = encode_all(val_rows, task, tokenizer, names, max_length, val_source)
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train, batch_size=micro_batch, shuffle=True, collate_fn=collate(pad), generator=generator
+    )
+    val_loader = torch.utils.data.DataLoader(val, batch_size=micro_batch, collate_fn=collate(pad))
+    optimizer = make_optimizer(model, args.learning_rate, args.weight_decay, (0.9, 0.999), 1e-8, accelerator.device)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    total = args.epochs * len(train_loader)
+    # Not prepared: Accelerate would step it once per process (see optimization.make_scheduler).
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(args.warmup_ratio * total), total)
+    embedding = accelerator.unwrap_model(model).get_input_embeddings().weight
+
+    accelerator.print(
+        f"{task.name}: {len(train)} training and {len(val)} validation examples ({val_source}); "
+        f"{len(names) or len(val_rows[0]['choices'])} {'classes' if names else 'choices'}"
+    )
+    history = []
+    bar = tqdm(total=total, desc=f"fine-tuning ({task.name})", disable=not accelerator.is_local_main_process)
+    for epoch in range(1, args.epochs + 1):
+        for batch in train_loader:
+            _, loss = task_forward(model, embedding, batch, task, args.lm_weight)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        history.append({"epoch": epoch, "val_accuracy": accuracy(model, embedding, val_loader, task, accelerator)})
+        accelerator.print(f"epoch {epoch}: validation accuracy {history[-1]['val_accuracy']:.4f}")
+    bar.close()
+
+    results = {"task": task.name, "val_accuracy": history[-1]["val_accuracy"], "history": history,
+               "train_examples": len(train), "val_examples": len(val), "validation": val_source}  # fmt: skip
+    output = save_finetuned(accelerator, model, tokenizer, args, task, results)
+    accelerator.print(f"validation accuracy {results['val_accuracy']:.4f}; model saved to {output}")
+    accelerator.end_training()
+    return output
+
+
+def save_finetuned(accelerator, model, tokenizer, args, task, results: dict[str, Any]) -> Path:
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        with atomic_directory(args.output_dir, args.overwrite, marker="config.json") as staging:
+            unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+            (staging / "finetune_args.json").write_text(
+                json.dumps(dataclasses.asdict(args), indent=2) + "\n", encoding="utf-8"
+            )
+            card = render_card(
+                unwrapped.config,
+                count_parameters(unwrapped),
+                model_name=Path(args.output_dir).name,
+                summary=f"{args.model} fine-tuned for {task.name.replace('_', ' ')} the GPT-1 way, with hf_gpt.",
+                pipeline_tag=task.pipeline_tag,
+                training=[
+                    ("Task", task.name),
+                    ("Training data", f"{Path(args.train).name} ({results['train_examples']} examples)"),
+                    ("Epochs", str(args.epochs)),
+                    ("Batch", str(args.batch_size)),
+                    ("Optimizer", f"AdamW, lr {args.learning_rate:g}, warmup {args.warmup_ratio:.1%}, linear decay"),
+                    ("Auxiliary LM loss weight", f"{args.lm_weight:g}"),
+                ],
+                evaluation=[("Validation accuracy", f"{results['val_accuracy']:.4f} ({results['validation']})")],
+                example_prompt="An example input",
+                model_path=str(args.output_dir),
+            )
+            write_card(card, staging)
+    accelerator.wait_for_everyone()
+    return Path(args.output_dir)
