@@ -27,6 +27,7 @@ from .files import atomic_directory, check_output_dir
 from .modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification
 from .optimization import make_optimizer
 from .tasks import Task, add_task_tokens, encode_example, get_task, read_records, task_examples
+from .training import bare_model, bare_state_dict
 
 RESULTS_FILE = "eval_results.json"
 
@@ -247,9 +248,9 @@ def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
 
 
 def save_finetuned(accelerator, model, tokenizer, args, task, results: dict[str, Any]) -> Path:
-    state_dict = accelerator.get_state_dict(model)
+    state_dict = bare_state_dict(accelerator, model)
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = bare_model(accelerator, model)
         with atomic_directory(args.output_dir, args.overwrite, marker="config.json") as staging:
             unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(staging)

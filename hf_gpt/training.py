@@ -246,12 +246,13 @@ def build_config(model: str, overrides: dict[str, Any], tokenizer: PreTrainedTok
     path = Path(model)
     # The token ids come from the tokenizer below; unset until then so the vocabulary check speaks first.
     unset = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+    # A preset or config file gives the architecture; the vocabulary is the tokenizer's unless overridden.
+    vocab = {} if "vocab_size" in overrides else {"vocab_size": len(tokenizer)}
     if model in PRESETS:
-        vocab = {} if "vocab_size" in overrides else {"vocab_size": len(tokenizer)}
         config = HfGptConfig.from_preset(model, **vocab, **overrides, **unset)
     elif path.is_file() or (path / "config.json").is_file():
         values = HfGptConfig.from_json_file(str(path if path.is_file() else path / "config.json")).to_dict()
-        values = {**values, **overrides, **unset}
+        values = {**values, **vocab, **overrides, **unset}
         values.pop("model_type", None)
         config = HfGptConfig(**values)
     else:
@@ -504,10 +505,10 @@ class Trainer:
     def save_model(self, evaluation: dict[str, float], interrupted: bool = False) -> Path:
         """The usable result: a save_pretrained folder with tokenizer, generation config and card."""
         accelerator = self.accelerator
-        state_dict = accelerator.get_state_dict(self.model)  # gathered whole under FSDP / DeepSpeed
+        state_dict = bare_state_dict(accelerator, self.model)
         target = self.output / "model"
         if accelerator.is_main_process:
-            model = accelerator.unwrap_model(self.model)
+            model = bare_model(accelerator, self.model)
             model.generation_config = sampling_defaults(self.config)
             with atomic_directory(target, overwrite=True) as staging:
                 model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
@@ -553,6 +554,21 @@ class Trainer:
             evaluation=results,
             small_data=self.progress.tokens < 100_000_000,
         )
+
+
+COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper puts before every parameter name
+
+
+def bare_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself: without DDP / FSDP / DeepSpeed wrappers, and without torch.compile's."""
+    model = accelerator.unwrap_model(model)
+    return getattr(model, "_orig_mod", model)
+
+
+def bare_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full state dict (gathered under FSDP / DeepSpeed), with the model's own parameter names."""
+    state_dict = accelerator.get_state_dict(model)
+    return {key.removeprefix(COMPILED_PREFIX): value for key, value in (state_dict or {}).items()}
 
 
 def private_generator() -> torch.Generator:

@@ -48,7 +48,8 @@ def sentiment_rows(count: int, seed: int) -> list[dict]:
     rows = []
     for _ in range(count):
         label = rng.choice(["positive", "negative"])
-        rows.append({"text": f"{words(rng, 3)} {'good' if label == 'positive' else 'bad'} {words(rng, 3)}", "label": label})
+        word = "good" if label == "positive" else "bad"
+        rows.append({"text": f"{words(rng, 3)} {word} {words(rng, 3)}", "label": label})
     return rows
 
 
@@ -109,8 +110,8 @@ def test_entailment_reads_both_segments(base_model, tmp_path):
     accuracy = json.loads((output / "eval_results.json").read_text())["val_accuracy"]
     assert accuracy >= 0.9  # neither segment alone says anything: chance is 0.5
     classify = pipeline("text-classification", model=str(output))
-    assert classify({"text": "the dog is red", "text_pair": "it is red"})["label"] == "entailment"
-    assert classify({"text": "the dog is red", "text_pair": "it is blue"})["label"] == "contradiction"
+    assert classify({"text": "the lazy dog is red", "text_pair": "it is red"})["label"] == "entailment"
+    assert classify({"text": "the lazy dog is red", "text_pair": "it is blue"})["label"] == "contradiction"
 
 
 def test_similarity_scores_both_orders(base_model, tmp_path):

@@ -228,6 +228,63 @@ def test_pretrain_writes_a_model_the_ecosystem_loads(tmp_path, prepared, trained
     assert f"{evals[-1]['val_perplexity']:.2f}" in card.text and "| Steps | 12 of 12 |" in card.text
 
 
+def test_config_file_raw_text_and_a_tokenizer_trained_on_the_fly(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": varied_text(s, 200)}) + "\n" for s in range(30)), encoding="utf-8")
+    HfGptConfig.from_preset("gpt3-tiny", num_hidden_layers=3, hidden_size=48).save_pretrained(tmp_path / "shape")
+    args = PretrainArguments(
+        output_dir=str(tmp_path / "run"), data=[str(corpus)], model=str(tmp_path / "shape"), vocab_size=300,
+        block_size=32, batch_size=4, max_steps=3, warmup_steps=1, eval_every=3, save_every=3, log_with="none",
+        val_fraction=0.1, peak_tflops=1.0,
+    )  # fmt: skip
+    model_dir = pretrain(args)
+    run = tmp_path / "run"
+    assert len(AutoTokenizer.from_pretrained(run / "tokenizer")) == 300
+    assert json.loads((run / "data" / "manifest.json").read_text())["tokenizer"]["vocab_size"] == 300
+    config = HfGptConfig.from_pretrained(model_dir)
+    assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (3, 48, 300)
+    assert config.attention_layers == ["global", "local", "global"]  # from the file, not a preset
+
+
+def test_gradient_checkpointing_and_bf16_train(tmp_path, prepared, trained_tokenizer_dir):
+    no_dropout = {"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}
+    common = dict(max_steps=4, model_overrides=no_dropout, save_every=4, eval_every=4)
+    pretrain(tiny_args(tmp_path / "a", prepared, trained_tokenizer_dir, **common))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    pretrain(tiny_args(tmp_path / "b", prepared, trained_tokenizer_dir, gradient_checkpointing=True, **common))
+    plain, recomputed = train_losses(tmp_path / "a" / "run"), train_losses(tmp_path / "b" / "run")
+    for step in plain:
+        assert recomputed[step][0] == pytest.approx(plain[step][0], rel=1e-5)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    pretrain(tiny_args(tmp_path / "c", prepared, trained_tokenizer_dir, mixed_precision="bf16", **common))
+    bf16 = train_losses(tmp_path / "c" / "run")
+    assert all(math.isfinite(loss) for loss, _ in bf16.values())
+    assert bf16[1][0] == pytest.approx(plain[1][0], abs=0.05) and bf16[1][0] != plain[1][0]  # autocast was on
+    assert next(iter(weights(tmp_path / "c" / "run" / "model").values())).dtype == torch.float32
+
+
+def test_metrics_reach_tensorboard(tmp_path, prepared, trained_tokenizer_dir):
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator", reason="needs tensorboard (the dev extra)"
+    )
+    pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir, max_steps=4, eval_every=2, log_with="auto"))
+    events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    reader = event_accumulator.EventAccumulator(str(events[0].parent))
+    reader.Reload()
+    assert {"loss", "lr", "val_loss", "val_perplexity", "mfu"} <= set(reader.Tags()["scalars"])
+    assert [e.step for e in reader.Scalars("val_loss")] == [2, 4]
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_plain_parameter_names(tmp_path, prepared, trained_tokenizer_dir):
+    args = tiny_args(tmp_path, prepared, trained_tokenizer_dir, max_steps=2, warmup_steps=1, save_every=2, compile=True)
+    model_dir = pretrain(args)
+    assert not any(key.startswith("_orig_mod.") for key in weights(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(model_dir)  # nothing missing or unexpected
+    assert model.generation_config.top_k == 50 and model.generation_config.do_sample
+
+
 def test_gradient_accumulation_gives_the_same_training(tmp_path, prepared, trained_tokenizer_dir):
     no_dropout = {"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0}
     common = dict(max_steps=6, model_overrides=no_dropout, save_every=6, eval_every=6)
