@@ -14,8 +14,16 @@ AUTO_CLASSES = {"text-generation": "AutoModelForCausalLM", "text-classification"
 
 
 def template_path(name: str) -> Path:
-    """The template shipped in the package (the wheel carries model_cards/ as hf_gpt/model_cards)."""
-    return Path(str(resources.files("hf_gpt.model_cards") / f"{name}.md"))
+    """The template shipped in the package (the wheel carries model_cards/ as hf_gpt/model_cards), or,
+    when hf_gpt is imported from a source checkout, the one in its model_cards/ folder."""
+    try:
+        folder = Path(str(resources.files("hf_gpt.model_cards")))
+    except ModuleNotFoundError:
+        folder = Path(__file__).resolve().parent.parent / "model_cards"
+    path = folder / f"{name}.md"
+    if not path.is_file():
+        raise FileNotFoundError(f"model card template {path} is missing: reinstall hf_gpt")
+    return path
 
 
 def architecture_rows(config: HfGptConfig, num_parameters: int) -> list[tuple[str, str]]:

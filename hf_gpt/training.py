@@ -40,6 +40,7 @@ from .data import MANIFEST, TokenBlocks, prepare_data, read_manifest
 from .documents import INVALID_UTF8_POLICIES
 from .estimate import count_parameters, flops_per_token
 from .files import atomic_directory, check_output_dir, write_text_atomic
+from .interrupts import StopRequest
 from .metrics import MetricsLog, measured_peak_flops, tracker_names
 from .modeling_hf_gpt import HfGptForCausalLM
 from .optimization import make_optimizer, make_scheduler
@@ -403,8 +404,12 @@ class Trainer:
             "val_nats_per_char": scores.sum().item() * self.block_size / self.val_characters,
         }
 
-    def train_step(self, batches: Iterator[dict]) -> tuple[float, float | None]:
-        """One optimizer step over the accumulated micro batches; returns the global mean loss and grad norm."""
+    def train_step(self, batches: Iterator[dict], stop: StopRequest) -> tuple[float, float | None, bool]:
+        """One optimizer step over the accumulated micro batches.
+
+        Returns the mean loss over all processes, the gradient norm, and whether any process was asked
+        to stop (Ctrl-C), so that all of them stop after the same step.
+        """
         accelerator, total, grad_norm = self.accelerator, torch.zeros((), device=self.accelerator.device), None
         accumulation = accelerator.gradient_accumulation_steps
         for _ in range(accumulation):
@@ -414,8 +419,9 @@ class Trainer:
                 accelerator.backward(loss)
                 total += loss.detach() / accumulation
                 if accelerator.sync_gradients:
+                    stopping = torch.tensor(float(stop.requested), device=total.device)
+                    mean_loss, stopping = accelerator.reduce(torch.stack([total, stopping]), "mean").tolist()
                     # Checked before the update, so a NaN never reaches the weights or a checkpoint.
-                    mean_loss = accelerator.reduce(total, "mean").item()
                     if not math.isfinite(mean_loss):
                         raise TrainingDiverged(f"the loss is {mean_loss} at step {self.progress.step + 1}")
                     norm = accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
@@ -423,23 +429,22 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return mean_loss, grad_norm
+        return mean_loss, grad_norm, stopping > 0
 
     def run(self) -> Path:
         args, accelerator = self.args, self.accelerator
         self.build_model()
         self.resume()
         accelerator.init_trackers("hf_gpt", config={k: str(v) for k, v in args.to_json().items()})
-        val_loader = self.val_loader()
-        peak = args.peak_tflops * 1e12 if args.peak_tflops else measured_peak_flops(accelerator)
-        tokens_per_step = args.batch_size * self.block_size
+        self.val = self.val_loader()
+        self.peak = args.peak_tflops * 1e12 if args.peak_tflops else measured_peak_flops(accelerator)
         accelerator.print(
             f"{self.num_parameters:,} parameters, {len(self.train_blocks)} training blocks of "
             f"{self.block_size} tokens; "
             f"batch {args.batch_size} = {self.micro_batch} x {accelerator.num_processes} processes x "
             f"{accelerator.gradient_accumulation_steps} accumulation; {args.max_steps} steps"
         )
-        bar = tqdm(
+        self.bar = tqdm(
             total=args.max_steps,
             initial=self.progress.step,
             desc="pretraining",
@@ -447,55 +452,57 @@ class Trainer:
         )
         batches = iter(self.train_loader())
         self.model.train()
-        last_eval: dict[str, float] = {}
-        try:
-            while self.progress.step < args.max_steps:
-                started = time.perf_counter()
-                lr = self.scheduler.get_last_lr()[0]
-                loss, grad_norm = self.train_step(batches)
-                elapsed = time.perf_counter() - started
-                self.progress.step += 1
-                self.progress.tokens += tokens_per_step
-                self.progress.train_seconds += elapsed
-                step = self.progress.step
-                tokens_per_second = tokens_per_step / elapsed
-                mfu = self.flops_per_token * tokens_per_second / (peak * accelerator.num_processes)
-                bar.update(1)
-                shown = {
-                    "loss": f"{loss:.4f}",
-                    "lr": f"{lr:.2e}",
-                    "tok/s": f"{tokens_per_second:,.0f}",
-                    "mfu": f"{mfu:.1%}",
-                }
-                bar.set_postfix(shown, refresh=False)
-                record = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self.progress.tokens}
-                if step % args.log_every == 0 or step == 1:
-                    self.log(step, {**record, "tokens_per_second": tokens_per_second, "mfu": mfu})
-                if val_loader is not None and (step % args.eval_every == 0 or step == args.max_steps):
-                    last_eval = self.evaluate(val_loader)
-                    self.log(step, last_eval)
-                    if accelerator.is_local_main_process:
-                        bar.write(
-                            f"step {step}: val loss {last_eval['val_loss']:.4f}, "
-                            f"perplexity {last_eval['val_perplexity']:.2f}, "
-                            f"{last_eval['val_nats_per_char']:.4f} nats/char"
-                        )
-                if step % args.save_every == 0 or step == args.max_steps:
-                    save_checkpoint(accelerator, self.output / "checkpoints", step, args.keep_checkpoints)
-        except KeyboardInterrupt:
-            bar.close()
-            accelerator.print(f"interrupted at step {self.progress.step}: saving the model as it is")
-            self.save_model(last_eval, interrupted=True)
-            raise
-        except TrainingDiverged as e:
-            bar.close()
-            latest = latest_checkpoint(self.output / "checkpoints")
-            kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved before it"
-            raise TrainingDiverged(f"{e}; training stopped, {kept}") from None
-        bar.close()
-        model_dir = self.save_model(last_eval)
+        self.last_eval: dict[str, float] = {}
+        with StopRequest() as stop:
+            try:
+                while self.progress.step < args.max_steps:
+                    started = time.perf_counter()
+                    lr = self.scheduler.get_last_lr()[0]
+                    loss, grad_norm, stopping = self.train_step(batches, stop)
+                    self.after_step(loss, lr, grad_norm, time.perf_counter() - started, stopping)
+                    if stopping:
+                        break
+            except TrainingDiverged as e:
+                self.bar.close()
+                latest = latest_checkpoint(self.output / "checkpoints")
+                kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved before it"
+                raise TrainingDiverged(f"{e}; training stopped, {kept}") from None
+            self.bar.close()
+            if stopping:
+                accelerator.print(f"interrupted at step {self.progress.step}: saved a checkpoint and the model")
+            model_dir = self.save_model(self.last_eval, interrupted=stopping)
         accelerator.end_training()  # closes the trackers, and the process group: last
+        if stopping:
+            raise KeyboardInterrupt
         return model_dir
+
+    def after_step(self, loss: float, lr: float, grad_norm: float | None, seconds: float, stopping: bool) -> None:
+        """Count, show, log, evaluate and checkpoint, each on its own schedule (and a checkpoint on Ctrl-C)."""
+        args, accelerator, progress = self.args, self.accelerator, self.progress
+        tokens = args.batch_size * self.block_size
+        progress.step += 1
+        progress.tokens += tokens
+        progress.train_seconds += seconds
+        step, tokens_per_second = progress.step, tokens / seconds
+        mfu = self.flops_per_token * tokens_per_second / (self.peak * accelerator.num_processes)
+        self.bar.update(1)
+        shown = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tokens_per_second:,.0f}", "mfu": f"{mfu:.1%}"}
+        self.bar.set_postfix(shown, refresh=False)
+        if step % args.log_every == 0 or step == 1:
+            values = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": progress.tokens}
+            self.log(step, {**values, "tokens_per_second": tokens_per_second, "mfu": mfu})
+        last = step == args.max_steps
+        if self.val is not None and (step % args.eval_every == 0 or last):
+            self.last_eval = self.evaluate(self.val)
+            self.log(step, self.last_eval)
+            if accelerator.is_local_main_process:
+                self.bar.write(
+                    f"step {step}: val loss {self.last_eval['val_loss']:.4f}, "
+                    f"perplexity {self.last_eval['val_perplexity']:.2f}, "
+                    f"{self.last_eval['val_nats_per_char']:.4f} nats/char"
+                )
+        if step % args.save_every == 0 or last or stopping:
+            save_checkpoint(accelerator, self.output / "checkpoints", step, args.keep_checkpoints)
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         values = {k: v for k, v in values.items() if v is not None}
@@ -514,7 +521,8 @@ class Trainer:
                 model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
                 self.tokenizer.save_pretrained(staging)
                 write_card(self.card(evaluation, interrupted), staging)
-            accelerator.print(f"model saved to {target}")
+            scores = f" (validation perplexity {evaluation['val_perplexity']:.2f})" if evaluation else ""
+            accelerator.print(f"model saved to {target}{scores}")
         accelerator.wait_for_everyone()
         return target
 

@@ -52,6 +52,15 @@ def seeded(model_class, config, seed: int = 0, **kwargs):
     return model_class._from_config(copy.deepcopy(config), **kwargs).eval()
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """After the test, forget Accelerate's process-wide state: the next Accelerator starts as in a new process."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     bpe = Tokenizer(models.BPE())

@@ -6,7 +6,6 @@ import subprocess
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
 from conftest import seeded, tiny_config
 from test_tokenizer import console_script
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
@@ -18,10 +17,7 @@ from hf_gpt.tasks import DELIMITER, EXTRACT, START, add_task_tokens, get_task
 WORDS = "the a quick brown fox jumps over lazy dog cat sat on mat it was best of times".split()
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")

@@ -28,11 +28,7 @@ from hf_gpt.training import PretrainArguments, SamplePositions, TrainingDiverged
 NO_DROPOUT = ["--set", "embd_pdrop=0", "--set", "attn_pdrop=0", "--set", "resid_pdrop=0"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run starts its own Accelerator, as a new process would."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="session")
@@ -365,6 +361,8 @@ def test_ctrl_c_saves_a_loadable_model(tmp_path, prepared, trained_tokenizer_dir
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "interrupted at step" in stdout and f"model saved to {run / 'model'}" in stdout
+    stopped_at = int(stdout.split("interrupted at step ")[1].split(":")[0])
+    assert complete_checkpoints(run / "checkpoints")[-1].name == f"step-{stopped_at:08d}"  # resumable from there
     model = AutoModelForCausalLM.from_pretrained(run / "model")
     assert model.config.vocab_size == 700
     assert "(interrupted)" in (run / "model" / "README.md").read_text()
@@ -392,7 +390,8 @@ def test_two_processes_train_like_one(tmp_path, prepared, trained_tokenizer_dir)
         "-m", "hf_gpt.cli",
     ]  # fmt: skip
     command = launch + cli_pretrain(prepared, trained_tokenizer_dir, double, *steps)[1:]
-    done = subprocess.run(command, env={**os.environ, "ACCELERATE_USE_CPU": "true"}, capture_output=True, text=True)
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=tmp_path)  # installed hf_gpt
     assert done.returncode == 0, done.stderr[-8000:]
     assert "batch 8 = 4 x 2 processes x 1 accumulation" in done.stdout  # really two processes
     one, two = train_losses(single), train_losses(double)
