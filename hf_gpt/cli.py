@@ -83,7 +83,7 @@ def add_val_input_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pretrain_parser(commands) -> None:
-    from .training import MIXED_PRECISION, PretrainArguments
+    from .training_setup import MIXED_PRECISION, PretrainArguments
 
     defaults = PretrainArguments(output_dir="", data=[])
     p = commands.add_parser(
@@ -247,7 +247,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def pretrain_from(args: argparse.Namespace, common: dict) -> None:
-    from .training import PretrainArguments, parse_override, pretrain
+    from .training import pretrain
+    from .training_setup import PretrainArguments, parse_override
 
     fields = (
         "tokenizer", "vocab_size", "model", "block_size", "batch_size", "micro_batch_size", "max_steps",

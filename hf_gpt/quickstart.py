@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .training import PretrainArguments, Trainer
+from .training import Trainer
+from .training_setup import PretrainArguments
 
 # Not prose, or not the standard library proper.
 SKIPPED_PARTS = {"site-packages", "dist-packages", "__pycache__", "idlelib", "lib2to3", "turtledemo", "ensurepip"}

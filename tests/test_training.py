@@ -23,7 +23,8 @@ from hf_gpt import HfGptConfig, HfGptForCausalLM
 from hf_gpt.checkpoints import complete_checkpoints
 from hf_gpt.data import prepare_data
 from hf_gpt.optimization import parameter_groups, warmup_cosine
-from hf_gpt.training import PretrainArguments, SamplePositions, TrainingDiverged, build_config, pretrain
+from hf_gpt.training import SamplePositions, TrainingDiverged, pretrain
+from hf_gpt.training_setup import PretrainArguments, build_config
 
 NO_DROPOUT = ["--set", "embd_pdrop=0", "--set", "attn_pdrop=0", "--set", "resid_pdrop=0"]
 
