@@ -60,12 +60,14 @@ def render_card(
     language: str | list[str] | None = None,
     license: str | None = None,
     small_data: bool = False,
+    custom_code: bool = True,
     template: str = "model",
 ) -> ModelCard:
+    """A card for a model folder; `custom_code=False` for a plain GPT-2 export that needs no hf_gpt code."""
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=pipeline_tag,
-        tags=["hf_gpt", "custom_code", "gpt", pipeline_tag],
+        tags=["hf_gpt", *(["custom_code"] if custom_code else []), "gpt", pipeline_tag],
         datasets=datasets,
         base_model=base_model,
         language=language,
@@ -85,6 +87,8 @@ def render_card(
         auto_class=AUTO_CLASSES.get(pipeline_tag, "AutoModel"),
         context=config.max_position_embeddings,
         small_data=small_data,
+        remote_code=", trust_remote_code=True" if custom_code else "",
+        custom_code=custom_code,
     )
 
 

@@ -1,0 +1,108 @@
+"""transformers GPT-2 <-> hf_gpt.
+
+    python conversion/gpt2.py import SRC DST   GPT2LMHeadModel folder -> hf_gpt folder (tokenizer carried over)
+    python conversion/gpt2.py export SRC DST   hf_gpt folder -> GPT2LMHeadModel folder that needs no custom code
+
+Both check that the result computes the source's logits (fp32, within 1e-5 here; refused above 1e-4).
+GPT-2's Conv1D layers store weights as (in, out), nn.Linear as (out, in): the four projections transpose.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from hf_gpt import HfGptConfig, HfGptForCausalLM
+from hf_gpt.converting import (
+    check_same_logits,
+    largest_difference,
+    load_exactly,
+    read_config,
+    read_weights,
+    run_converter,
+    strip_prefix,
+    transpose_projections,
+    write_converted,
+)
+
+SHARED_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
+                 "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
+                 "bos_token_id", "eos_token_id", "tie_word_embeddings")  # fmt: skip
+# GPT-2 options our model does not implement: converting would silently change the computation.
+GPT2_ONLY = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+             "add_cross_attention": False}  # fmt: skip
+# What GPT-2 serving stacks (TGI, vLLM, llama.cpp) implement for its MLP.
+GPT2_ACTIVATIONS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "quick_gelu", "relu")
+
+
+def import_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
+    """A transformers GPT-2 folder (config.json + safetensors, sharded or not, or pytorch_model.bin) -> hf_gpt."""
+    config = read_config(source)
+    if config.get("model_type") != "gpt2":
+        raise ValueError(f"{source} holds a {config.get('model_type')!r} model, not gpt2")
+    for name, default in GPT2_ONLY.items():
+        if config.get(name, default) != default:
+            raise ValueError(f"{source}: {name}={config[name]!r} is not supported by hf_gpt (only {default!r})")
+    values = {name: config[name] for name in SHARED_FIELDS if name in config}
+    values.update({name: config.get(name) for name in ("bos_token_id", "eos_token_id")})  # absent means none
+    ours = HfGptForCausalLM(HfGptConfig(**values)).eval()
+    # GPT2Model folders have no "transformer." prefix; old checkpoints carry attention-mask buffers.
+    weights = strip_prefix(read_weights(source), "transformer.")
+    weights = {k if k.startswith("lm_head.") else f"transformer.{k}": v for k, v in weights.items()
+               if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # fmt: skip
+    if ours.config.tie_word_embeddings:
+        weights.pop("lm_head.weight", None)
+    load_exactly(ours, transpose_projections(weights), source)
+
+    reference = GPT2LMHeadModel.from_pretrained(source, attn_implementation="eager").float().eval()
+    difference = largest_difference(lambda x: ours(x).logits, lambda x: reference(x).logits,
+                                    ours.config.vocab_size, ours.config.max_position_embeddings)  # fmt: skip
+    check_same_logits(difference, source)
+    return write_converted(
+        ours, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or source,
+        generation_config=reference.generation_config,
+        summary=f"{source} (transformers GPT-2) converted to hf_gpt with identical outputs.",
+    )  # fmt: skip
+
+
+def check_gpt2_representable(config: HfGptConfig) -> None:
+    """Refuse, naming the field, what a plain GPT2LMHeadModel cannot compute."""
+    if config.norm_position != "pre":
+        raise ValueError(f"norm_position={config.norm_position!r} (GPT-1's post-norm) cannot be exported: GPT-2 is "
+                         "pre-norm only")  # fmt: skip
+    if "local" in config.attention_layers:
+        raise ValueError("attention_layers has 'local' (banded) layers: GPT-2 has only dense attention")
+    if config.activation_function not in GPT2_ACTIVATIONS:
+        raise ValueError(f"activation_function={config.activation_function!r} is not one GPT-2 serving stacks "
+                         f"implement ({', '.join(GPT2_ACTIVATIONS)})")  # fmt: skip
+
+
+def export_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
+    """An hf_gpt folder -> a GPT2LMHeadModel folder that loads with plain transformers, no custom code."""
+    ours = HfGptForCausalLM.from_pretrained(source).float().eval()
+    check_gpt2_representable(ours.config)
+    values = {name: getattr(ours.config, name) for name in SHARED_FIELDS}
+    gpt2 = GPT2LMHeadModel(GPT2Config(**values, pad_token_id=ours.config.pad_token_id)).eval()
+    weights = {
+        k: v for k, v in ours.state_dict().items() if not (ours.config.tie_word_embeddings and k == "lm_head.weight")
+    }
+    load_exactly(gpt2, transpose_projections(weights), source)
+    difference = largest_difference(lambda x: gpt2(x).logits, lambda x: ours(x).logits,
+                                    gpt2.config.vocab_size, gpt2.config.n_positions)  # fmt: skip
+    check_same_logits(difference, source)
+    generation = ours.generation_config if Path(source, "generation_config.json").is_file() else None
+    return write_converted(
+        gpt2, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or source,
+        generation_config=generation, card_config=ours.config,
+        summary=f"{source} (hf_gpt) exported as a plain GPT-2 (GPT2LMHeadModel): no custom code needed.",
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_converter("conversion/gpt2.py", __doc__, {"import": import_gpt2, "export": export_gpt2}, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

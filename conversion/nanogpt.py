@@ -1,0 +1,74 @@
+"""nanoGPT checkpoint (ckpt.pt) -> hf_gpt.
+
+    python conversion/nanogpt.py import out/ckpt.pt DST [--tokenizer FOLDER]
+
+nanoGPT saves {"model": state_dict, "model_args": {n_layer, n_head, n_embd, block_size, bias, vocab_size,
+dropout}, ...}; a model trained with torch.compile prefixes every key with "_orig_mod.". Its layers are
+nn.Linear (no transpose), its GELU is the exact one, and with bias=False its linear layers and LayerNorms
+have no biases: those become zeros here, which computes the same. The file is read with
+torch.load(weights_only=True), so it cannot run code. nanoGPT has no tokenizer files (it uses tiktoken's
+GPT-2 encoding, or a character table): give --tokenizer to carry one over.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from hf_gpt import HfGptConfig, HfGptForCausalLM
+from hf_gpt.converting import load_exactly, load_pickled_weights, run_converter, strip_prefix, write_converted
+
+GPT2_END_OF_TEXT = 50256
+MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
+
+
+def nanogpt_config(model_args: dict) -> HfGptConfig:
+    missing = [name for name in MODEL_ARGS if name not in model_args]
+    if missing:
+        raise ValueError(f"model_args lacks {missing}: not a nanoGPT checkpoint")
+    dropout = float(model_args.get("dropout", 0.0))
+    # GPT-2's end-of-text id when the vocabulary is GPT-2's (nanoGPT pads it to 50304); none for character tables.
+    end = GPT2_END_OF_TEXT if model_args["vocab_size"] > GPT2_END_OF_TEXT else None
+    return HfGptConfig(
+        vocab_size=model_args["vocab_size"],
+        n_positions=model_args["block_size"],
+        n_embd=model_args["n_embd"],
+        n_layer=model_args["n_layer"],
+        n_head=model_args["n_head"],
+        activation_function="gelu",
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        resid_pdrop=dropout,
+        bos_token_id=end,
+        eos_token_id=end,
+    )
+
+
+def import_nanogpt(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"nanoGPT checkpoint {source} does not exist")
+    checkpoint = load_pickled_weights(source)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
+        raise ValueError(f"{source} has no 'model' and 'model_args': not a nanoGPT checkpoint")
+    model = HfGptForCausalLM(nanogpt_config(checkpoint["model_args"])).eval()
+    weights = strip_prefix(checkpoint["model"], "_orig_mod.")
+    weights = {k: v for k, v in weights.items() if not k.endswith(".attn.bias") and k != "lm_head.weight"}
+    if not checkpoint["model_args"].get("bias", True):  # bias=False: the zeros nanoGPT leaves out
+        for name, parameter in model.state_dict().items():
+            if name.endswith(".bias"):
+                weights.setdefault(name, torch.zeros_like(parameter))
+    load_exactly(model, weights, source)
+    return write_converted(
+        model, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer,
+        summary=f"The nanoGPT checkpoint {Path(source).name} converted to hf_gpt.",
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_converter("conversion/nanogpt.py", __doc__, {"import": import_nanogpt}, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

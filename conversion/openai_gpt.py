@@ -1,0 +1,75 @@
+"""transformers GPT-1 (OpenAIGPTLMHeadModel) -> hf_gpt.
+
+    python conversion/openai_gpt.py import SRC DST
+
+GPT-1 is post-norm (LayerNorm after each residual add, none at the end): hf_gpt's norm_position="post".
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from transformers import OpenAIGPTLMHeadModel
+
+from hf_gpt import HfGptConfig, HfGptForCausalLM
+from hf_gpt.converting import (
+    check_same_logits,
+    largest_difference,
+    load_exactly,
+    read_config,
+    read_weights,
+    run_converter,
+    strip_prefix,
+    transpose_projections,
+    write_converted,
+)
+
+RENAMES = {"tokens_embed.": "wte.", "positions_embed.": "wpe."}
+
+
+def import_openai_gpt(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
+    config = read_config(source)
+    if config.get("model_type") != "openai-gpt":
+        raise ValueError(f"{source} holds a {config.get('model_type')!r} model, not openai-gpt")
+    ours = HfGptForCausalLM(
+        HfGptConfig(
+            vocab_size=config["vocab_size"],
+            n_positions=config["n_positions"],
+            n_embd=config["n_embd"],
+            n_layer=config["n_layer"],
+            n_head=config["n_head"],
+            activation_function=config.get("afn", "gelu"),
+            resid_pdrop=config.get("resid_pdrop", 0.1),
+            embd_pdrop=config.get("embd_pdrop", 0.1),
+            attn_pdrop=config.get("attn_pdrop", 0.1),
+            layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-5),
+            norm_position="post",
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+    ).eval()
+    weights = {}
+    for key, value in strip_prefix(read_weights(source), "transformer.").items():
+        if key.startswith("lm_head.") or key.endswith(".attn.bias"):  # tied output layer, causal-mask buffer
+            continue
+        for old, new in RENAMES.items():
+            key = key.replace(old, new) if key.startswith(old) else key
+        weights[f"transformer.{key}"] = value
+    load_exactly(ours, transpose_projections(weights), source)
+    reference = OpenAIGPTLMHeadModel.from_pretrained(source).float().eval()
+    difference = largest_difference(lambda x: ours(x).logits, lambda x: reference(x).logits,
+                                    ours.config.vocab_size, ours.config.max_position_embeddings)  # fmt: skip
+    check_same_logits(difference, source)
+    return write_converted(
+        ours, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or source,
+        summary=f"{source} (transformers GPT-1, OpenAIGPTLMHeadModel) converted to hf_gpt with identical outputs.",
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_converter("conversion/openai_gpt.py", __doc__, {"import": import_openai_gpt}, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

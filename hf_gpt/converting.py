@@ -1,0 +1,160 @@
+"""What every converter in conversion/ shares: reading foreign weights safely, checking that the converted
+model computes what the source did, and writing the result atomically with its tokenizer and card."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
+
+from .cards import render_card, write_card
+from .configuration_hf_gpt import HfGptConfig
+from .estimate import count_parameters
+from .files import atomic_directory
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+# OpenAI's GPT-1 and GPT-2 (and transformers' ports) store these as Conv1D, (in, out); nn.Linear is (out, in).
+CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def transpose_projections(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.t().contiguous() if k.endswith(CONV1D) else v for k, v in weights.items()}
+
+
+def read_config(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {folder}: not a transformers model folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A transformers folder's weights: single or sharded safetensors, else pytorch_model.bin (weights only)."""
+    folder = Path(folder)
+    for single, index, load in (
+        ("model.safetensors", "model.safetensors.index.json", load_file),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json", load_pickled_weights),
+    ):
+        if (folder / single).is_file():
+            return load(folder / single)
+        if (folder / index).is_file():
+            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            weights = {}
+            for shard in shards:
+                weights.update(load(folder / shard))
+            return weights
+    raise FileNotFoundError(f"no weights in {folder} (model.safetensors, pytorch_model.bin, or their sharded index)")
+
+
+def load_pickled_weights(path: str | os.PathLike) -> dict:
+    """torch.load that only accepts tensors and plain containers: a pickle cannot run code on us."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError (or others) for anything beyond plain data
+        raise ValueError(f"{path} is not a plain weights file that loads with weights_only=True: {e}") from None
+
+
+def strip_prefix(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {key.removeprefix(prefix): value for key, value in weights.items()}
+
+
+def load_exactly(model: PreTrainedModel, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Load every weight of the model, and nothing else: a converter that drops a tensor is a bug."""
+    expected = set(model.state_dict())
+    tied = {key for key in expected if key == "lm_head.weight"} if model.config.tie_word_embeddings else set()
+    missing = sorted(expected - set(weights) - tied)
+    unexpected = sorted(set(weights) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{source}: weights do not fit the converted config (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")  # fmt: skip
+    shapes = [(k, tuple(v.shape), tuple(model.state_dict()[k].shape)) for k, v in weights.items()]
+    wrong = [s for s in shapes if s[1] != s[2]]
+    if wrong:
+        raise ValueError(f"{source}: {wrong[0][0]} has shape {wrong[0][1]}, the config expects {wrong[0][2]}")
+    model.load_state_dict(weights, strict=False)
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+
+
+def largest_difference(
+    converted: Callable[[torch.Tensor], torch.Tensor],
+    source: Callable[[torch.Tensor], torch.Tensor],
+    vocab_size: int,
+    context: int,
+) -> float:
+    """max |converted logits - source logits| in fp32 on a fixed random batch: the converter's self-check."""
+    ids = torch.randint(0, vocab_size, (2, min(context, 64)), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return (converted(ids).float() - source(ids).float()).abs().max().item()
+
+
+def check_same_logits(difference: float, source: str, tolerance: float = 1e-4) -> None:
+    print(f"largest logit difference to {source}: {difference:.2e}")
+    if not difference <= tolerance:
+        raise ValueError(f"the converted model's logits differ from {source}'s by {difference:.2e} (> {tolerance})")
+
+
+def copy_tokenizer(source: str | os.PathLike, target: Path) -> bool:
+    """Carry the source folder's tokenizer over, when it has one."""
+    if not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+        return False
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(target)
+    return True
+
+
+def write_converted(
+    model: PreTrainedModel,
+    output_dir: str | os.PathLike,
+    *,
+    source: str,
+    summary: str,
+    tokenizer_from: str | os.PathLike | None,
+    overwrite: bool = False,
+    generation_config: GenerationConfig | None = None,
+    card_config: HfGptConfig | None = None,
+) -> Path:
+    """save_pretrained, the tokenizer and a card naming the source as base_model, all or nothing."""
+    with atomic_directory(output_dir, overwrite, marker="config.json") as staging:
+        if generation_config is not None:
+            model.generation_config = generation_config
+        model.save_pretrained(staging, safe_serialization=True)
+        has_tokenizer = tokenizer_from is not None and copy_tokenizer(tokenizer_from, staging)
+        custom_code = isinstance(model.config, HfGptConfig)
+        card = render_card(
+            card_config or model.config,
+            count_parameters(model),
+            model_name=Path(output_dir).name,
+            summary=summary + ("" if has_tokenizer else " No tokenizer came with the source: add one."),
+            base_model=source,
+            model_path=str(output_dir),
+            custom_code=custom_code,
+        )
+        write_card(card, staging)
+    print(f"converted {source} -> {output_dir}")
+    return Path(output_dir)
+
+
+def run_converter(prog: str, description: str, directions: dict[str, Callable], argv: list[str] | None) -> int:
+    """The command line every converter shares: DIRECTION SOURCE OUTPUT [--overwrite]."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("direction", choices=sorted(directions))
+    parser.add_argument("source", help="checkpoint or model folder to read")
+    parser.add_argument("output", help="folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier converted folder")
+    parser.add_argument("--tokenizer", help="tokenizer folder to carry over (default: the source's, if it has one)")
+    args = parser.parse_args(argv)
+    try:
+        directions[args.direction](args.source, args.output, overwrite=args.overwrite, tokenizer=args.tokenizer)
+    except (ValueError, OSError) as e:
+        print(f"{prog} {args.direction}: error: {e}", file=sys.stderr)
+        return 2
+    return 0

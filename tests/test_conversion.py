@@ -1,0 +1,212 @@
+"""conversion/: transformers GPT-2 and GPT-1 and nanoGPT checkpoints in, plain GPT-2 out, same logits both ways."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import seeded, tiny_config
+from hf_gpt.conversion.gpt2 import export_gpt2, import_gpt2
+from hf_gpt.conversion.nanogpt import import_nanogpt
+from hf_gpt.conversion.openai_gpt import import_openai_gpt
+from huggingface_hub import ModelCard
+from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
+
+from hf_gpt import HfGptForCausalLM
+
+SHAPE = dict(vocab_size=700, n_positions=64, n_embd=48, n_layer=2, n_head=4)
+IDS = torch.randint(0, 700, (2, 40), generator=torch.Generator().manual_seed(1))
+
+
+def random_gpt2(tied: bool = True) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(**SHAPE, bos_token_id=0, eos_token_id=0, tie_word_embeddings=tied, initializer_range=0.2)
+    model = GPT2LMHeadModel(config).eval()
+    if not tied:  # make sure the output layer really differs from the input embedding
+        torch.nn.init.normal_(model.lm_head.weight, std=0.2)
+    return model
+
+
+def save_gpt2(model, folder, layout: str, tokenizer=None) -> str:
+    if layout == "bin":
+        folder.mkdir(parents=True)
+        model.config.save_pretrained(folder)
+        torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    else:
+        model.save_pretrained(folder, max_shard_size="100KB" if layout == "sharded" else "5GB")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize(("tied", "layout"), [(True, "single"), (False, "single"), (True, "sharded"), (False, "bin")])
+def test_gpt2_import_gives_the_same_logits_and_greedy_tokens(tmp_path, trained_tokenizer, tied, layout):
+    reference = random_gpt2(tied)
+    source = save_gpt2(reference, tmp_path / "gpt2", layout, trained_tokenizer)
+    if layout == "sharded":
+        assert (tmp_path / "gpt2" / "model.safetensors.index.json").is_file()
+    import_gpt2(source, str(tmp_path / "ours"))
+    ours = HfGptForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert ours.config.tie_word_embeddings is tied
+    with torch.no_grad():
+        torch.testing.assert_close(ours(IDS).logits, reference(IDS).logits, rtol=0, atol=1e-5)
+        prompt = IDS[:1, :5]
+        expected = reference.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        assert torch.equal(ours.generate(prompt, max_new_tokens=12, do_sample=False, pad_token_id=0), expected)
+    assert (tmp_path / "ours" / "tokenizer.json").is_file()  # carried over
+    card = ModelCard.load(tmp_path / "ours" / "README.md")
+    assert card.data.base_model == source and "hf_gpt" in card.data.tags
+
+
+def test_gpt2_export_loads_without_custom_code(tmp_path, trained_tokenizer):
+    model = seeded(HfGptForCausalLM, tiny_config(vocab_size=700, bos_token_id=0, eos_token_id=0))
+    model.save_pretrained(tmp_path / "ours")
+    trained_tokenizer.save_pretrained(tmp_path / "ours")
+    export_gpt2(str(tmp_path / "ours"), str(tmp_path / "gpt2"))
+    folder = tmp_path / "gpt2"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and "auto_map" not in config
+    assert not list(folder.glob("*.py"))
+    script = f"""
+import json, torch
+from transformers import AutoModelForCausalLM, pipeline
+model = AutoModelForCausalLM.from_pretrained({str(folder)!r})
+ids = torch.tensor({IDS.tolist()})
+print(json.dumps({{"class": type(model).__name__, "logits": model(ids).logits[:, -1, :8].tolist()}}))
+generate = pipeline("text-generation", model={str(folder)!r})
+print(generate("The quick", max_new_tokens=3, do_sample=False)[0]["generated_text"])
+"""
+    from conftest import WITHOUT_HF_GPT
+
+    done = subprocess.run([sys.executable, "-c", WITHOUT_HF_GPT + script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    result = json.loads(lines[-2])
+    assert result["class"] == "GPT2LMHeadModel" and lines[-1].startswith("The quick")
+    with torch.no_grad():
+        expected = model(IDS).logits[:, -1, :8]
+    torch.testing.assert_close(torch.tensor(result["logits"]), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides", "message"),
+    [
+        ("gpt1-tiny", {}, r"norm_position='post'"),
+        ("gpt3-tiny", {}, r"attention_layers has 'local'"),
+        ("gpt2-tiny", {"activation_function": "silu"}, r"activation_function='silu'"),
+    ],
+)
+def test_gpt2_export_refuses_what_gpt2_cannot_compute(tmp_path, preset, overrides, message):
+    seeded(HfGptForCausalLM, tiny_config(preset, **overrides)).save_pretrained(tmp_path / "ours")
+    with pytest.raises(ValueError, match=message):
+        export_gpt2(str(tmp_path / "ours"), str(tmp_path / "gpt2"))
+    assert not (tmp_path / "gpt2").exists()
+
+
+def test_openai_gpt_import_gives_the_same_logits(tmp_path):
+    torch.manual_seed(0)
+    config = OpenAIGPTConfig(**{**SHAPE, "vocab_size": 500}, afn="gelu", initializer_range=0.2)
+    reference = OpenAIGPTLMHeadModel(config).eval()
+    reference.save_pretrained(tmp_path / "gpt1")
+    import_openai_gpt(str(tmp_path / "gpt1"), str(tmp_path / "ours"))
+    ours = HfGptForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert ours.config.norm_position == "post" and ours.config.activation_function == "gelu"
+    ids = IDS % 500
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=0, atol=1e-5)
+
+
+# nanoGPT: checkpoints built here in its documented layout, and its forward written out from its model.py's
+# documented architecture (exact GELU, LayerNorm with optional bias, causal attention, tied lm_head).
+
+
+def nanogpt_state_dict(layers: int, width: int, vocab: int, context: int, bias: bool) -> dict:
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape, std=0.2):
+        return torch.randn(*shape, generator=generator) * std
+
+    state = {"transformer.wte.weight": tensor(vocab, width), "transformer.wpe.weight": tensor(context, width)}
+    linear = {"attn.c_attn": (3 * width, width), "attn.c_proj": (width, width), "mlp.c_fc": (4 * width, width),
+              "mlp.c_proj": (width, 4 * width)}  # fmt: skip
+    for i in range(layers):
+        for norm in ("ln_1", "ln_2"):
+            state[f"transformer.h.{i}.{norm}.weight"] = 1 + tensor(width, std=0.1)
+            if bias:
+                state[f"transformer.h.{i}.{norm}.bias"] = tensor(width, std=0.1)
+        for name, shape in linear.items():
+            state[f"transformer.h.{i}.{name}.weight"] = tensor(*shape)
+            if bias:
+                state[f"transformer.h.{i}.{name}.bias"] = tensor(shape[0], std=0.1)
+    state["transformer.ln_f.weight"] = 1 + tensor(width, std=0.1)
+    if bias:
+        state["transformer.ln_f.bias"] = tensor(width, std=0.1)
+    state["lm_head.weight"] = state["transformer.wte.weight"]  # tied, as nanoGPT saves it
+    return state
+
+
+def nanogpt_logits(state: dict, ids: torch.Tensor, heads: int) -> torch.Tensor:
+    def norm(x, name):
+        return F.layer_norm(x, x.shape[-1:], state[f"{name}.weight"], state.get(f"{name}.bias"), 1e-5)
+
+    def linear(x, name):
+        return F.linear(x, state[f"{name}.weight"], state.get(f"{name}.bias"))
+
+    x = state["transformer.wte.weight"][ids] + state["transformer.wpe.weight"][: ids.shape[1]]
+    layers = len({k.split(".")[2] for k in state if k.startswith("transformer.h.")})
+    for i in range(layers):
+        h = f"transformer.h.{i}"
+        q, k, v = linear(norm(x, f"{h}.ln_1"), f"{h}.attn.c_attn").split(x.shape[-1], dim=2)
+        q, k, v = (t.view(*ids.shape, heads, -1).transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+        y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(x.shape)
+        x = x + linear(y, f"{h}.attn.c_proj")
+        x = x + linear(F.gelu(linear(norm(x, f"{h}.ln_2"), f"{h}.mlp.c_fc")), f"{h}.mlp.c_proj")
+    return norm(x, "transformer.ln_f") @ state["lm_head.weight"].T
+
+
+@pytest.mark.parametrize(("bias", "compiled"), [(True, False), (False, True)])
+def test_nanogpt_import_computes_nanogpts_logits(tmp_path, trained_tokenizer_dir, bias, compiled):
+    state = nanogpt_state_dict(layers=2, width=48, vocab=704, context=64, bias=bias)
+    saved = {("_orig_mod." + k if compiled else k): v for k, v in state.items()}
+    model_args = dict(n_layer=2, n_head=4, n_embd=48, block_size=64, bias=bias, vocab_size=704, dropout=0.0)
+    checkpoint = {"model": saved, "model_args": model_args, "iter_num": 100, "best_val_loss": torch.tensor(1.5),
+                  "config": {"dataset": "shakespeare", "learning_rate": 6e-4}}  # fmt: skip
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    import_nanogpt(str(tmp_path / "ckpt.pt"), str(tmp_path / "ours"), tokenizer=str(trained_tokenizer_dir))
+    ours = HfGptForCausalLM.from_pretrained(tmp_path / "ours").eval()
+    assert ours.config.vocab_size == 704 and ours.config.activation_function == "gelu"
+    with torch.no_grad():
+        torch.testing.assert_close(ours(IDS).logits, nanogpt_logits(state, IDS, heads=4), rtol=0, atol=1e-5)
+    assert (tmp_path / "ours" / "tokenizer.json").is_file()
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"model": Payload(), "model_args": {}}, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        import_nanogpt(str(tmp_path / "ckpt.pt"), str(tmp_path / "ours"))
+    assert not (tmp_path / "ours").exists()
+
+
+def test_cli_reports_errors_and_converts(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_gpt.conversion.gpt2", "import", str(tmp_path / "missing"), str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2 and "error: no config.json in" in done.stderr and "Traceback" not in done.stderr
+    save_gpt2(random_gpt2(), tmp_path / "gpt2", "single")
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_gpt.conversion.gpt2", "import", str(tmp_path / "gpt2"), str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "largest logit difference" in done.stdout and f"-> {tmp_path / 'out'}" in done.stdout
