@@ -6,7 +6,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .configuration_hf_gpt import HfGptConfig
 
@@ -61,9 +61,18 @@ def render_card(
     license: str | None = None,
     small_data: bool = False,
     custom_code: bool = True,
+    scores: list[tuple[str, str, float]] = (),
     template: str = "model",
 ) -> ModelCard:
-    """A card for a model folder; `custom_code=False` for a plain GPT-2 export that needs no hf_gpt code."""
+    """A card for a model folder; `custom_code=False` for a plain GPT-2 export that needs no hf_gpt code.
+
+    `scores` are (dataset name, metric, value) triples, written as the Hub's model-index metadata.
+    """
+    results = [
+        EvalResult(task_type=pipeline_tag, dataset_type=dataset, dataset_name=dataset, metric_type=metric,
+                   metric_value=value)
+        for dataset, metric, value in scores
+    ]  # fmt: skip
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag=pipeline_tag,
@@ -72,6 +81,8 @@ def render_card(
         base_model=base_model,
         language=language,
         license=license,
+        eval_results=results or None,
+        model_name=model_name if results else None,
     )
     return ModelCard.from_template(
         card_data,

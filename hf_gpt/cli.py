@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_parser(commands)
     add_generate_parser(commands)
 
+    push = commands.add_parser("push", help="upload a model folder to the Hub (HF_ENDPOINT) in one commit")
+    push.add_argument("folder", help="model folder (e.g. OUTPUT/model of hf-gpt pretrain)")
+    push.add_argument("repo_id", metavar="ORG/NAME")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", help="branch to commit to (created when missing)")
+    push.add_argument("--commit-message")
+    push.add_argument("--license", help="license id for the card's metadata, e.g. apache-2.0")
+    push.add_argument("--language", help="language code for the card's metadata, e.g. en")
+
     quick = commands.add_parser(
         "quickstart", help="train a tokenizer and a small GPT on the standard library's docstrings, offline"
     )
@@ -240,6 +249,11 @@ def run(args: argparse.Namespace) -> None:
         generate(
             args.model, args.prompt, trust_remote_code=args.trust_remote_code, **{k: getattr(args, k) for k in options}
         )
+    elif args.command == "push":
+        from .hub import push
+
+        options = ("private", "revision", "commit_message", "license", "language")
+        push(args.folder, args.repo_id, **{name: getattr(args, name) for name in options})
     elif args.command == "quickstart":
         from .quickstart import STEPS, quickstart
 

@@ -247,6 +247,12 @@ def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
     return output
 
 
+def validation_name(args: FinetuneArguments) -> str:
+    if args.validation is not None:
+        return Path(args.validation).name
+    return f"{Path(args.train).name} (held-out {args.val_fraction:.0%})"
+
+
 def save_finetuned(accelerator, model, tokenizer, args, task, results: dict[str, Any]) -> Path:
     state_dict = bare_state_dict(accelerator, model)
     if accelerator.is_main_process:
@@ -274,6 +280,7 @@ def save_finetuned(accelerator, model, tokenizer, args, task, results: dict[str,
                 ],
                 evaluation=[("Validation accuracy", f"{results['val_accuracy']:.4f} ({results['validation']})")],
                 example_prompt="An example input",
+                scores=[(validation_name(args), "accuracy", round(results["val_accuracy"], 4))],
                 model_path=str(args.output_dir),
             )
             write_card(card, staging)

@@ -355,6 +355,9 @@ class Trainer:
             training=training,
             evaluation=results,
             small_data=self.progress.tokens < 100_000_000,
+            scores=[(f"{self.data_dir.name} (validation split)", "perplexity", round(evaluation["val_perplexity"], 4))]
+            if evaluation
+            else [],
         )
 
 

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 import torch
 from conftest import seeded, tiny_config
+from huggingface_hub import ModelCard
 from test_tokenizer import console_script
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -92,6 +93,9 @@ def test_classification_learns_and_loads_with_auto_classes_and_pipeline(base_mod
     assert sum(p == r["label"] for p, r in zip(predicted, held_out, strict=True)) >= 36
     card = (output / "README.md").read_text()
     assert "pipeline_tag: text-classification" in card and "Validation accuracy" in card
+    (result,) = ModelCard.load(output / "README.md").data.eval_results
+    assert (result.metric_type, result.metric_value) == ("accuracy", round(results["val_accuracy"], 4))
+    assert result.dataset_name == "train.jsonl (held-out 20%)"
 
 
 def test_entailment_reads_both_segments(base_model, tmp_path):

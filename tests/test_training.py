@@ -223,6 +223,8 @@ def test_pretrain_writes_a_model_the_ecosystem_loads(tmp_path, prepared, trained
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
     assert {"hf_gpt", "custom_code"} <= set(card.data.tags)
     assert f"{evals[-1]['val_perplexity']:.2f}" in card.text and "| Steps | 12 of 12 |" in card.text
+    (result,) = card.data.eval_results  # the Hub's model-index
+    assert result.metric_type == "perplexity" and result.metric_value == pytest.approx(evals[-1]["val_perplexity"])
 
 
 def test_config_file_raw_text_and_a_tokenizer_trained_on_the_fly(tmp_path):
