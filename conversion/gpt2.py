@@ -19,6 +19,7 @@ from hf_gpt.converting import (
     check_same_logits,
     largest_difference,
     load_exactly,
+    model_folder,
     read_config,
     read_weights,
     run_converter,
@@ -38,8 +39,10 @@ GPT2_ACTIVATIONS = ("gelu_new", "gelu", "gelu_fast", "gelu_pytorch_tanh", "quick
 
 
 def import_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
-    """A transformers GPT-2 folder (config.json + safetensors, sharded or not, or pytorch_model.bin) -> hf_gpt."""
-    config = read_config(source)
+    """A transformers GPT-2 folder or Hub repo (config.json + safetensors, sharded or not, or pytorch_model.bin)
+    -> an hf_gpt folder."""
+    folder = model_folder(source)
+    config = read_config(folder)
     if config.get("model_type") != "gpt2":
         raise ValueError(f"{source} holds a {config.get('model_type')!r} model, not gpt2")
     for name, default in GPT2_ONLY.items():
@@ -49,19 +52,19 @@ def import_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer
     values.update({name: config.get(name) for name in ("bos_token_id", "eos_token_id")})  # absent means none
     ours = HfGptForCausalLM(HfGptConfig(**values)).eval()
     # GPT2Model folders have no "transformer." prefix; old checkpoints carry attention-mask buffers.
-    weights = strip_prefix(read_weights(source), "transformer.")
+    weights = strip_prefix(read_weights(folder), "transformer.")
     weights = {k if k.startswith("lm_head.") else f"transformer.{k}": v for k, v in weights.items()
                if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # fmt: skip
     if ours.config.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
     load_exactly(ours, transpose_projections(weights), source)
 
-    reference = GPT2LMHeadModel.from_pretrained(source, attn_implementation="eager").float().eval()
+    reference = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").float().eval()
     difference = largest_difference(lambda x: ours(x).logits, lambda x: reference(x).logits,
                                     ours.config.vocab_size, ours.config.max_position_embeddings)  # fmt: skip
     check_same_logits(difference, source)
     return write_converted(
-        ours, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or source,
+        ours, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or folder,
         generation_config=reference.generation_config,
         summary=f"{source} (transformers GPT-2) converted to hf_gpt with identical outputs.",
     )  # fmt: skip
@@ -81,7 +84,8 @@ def check_gpt2_representable(config: HfGptConfig) -> None:
 
 def export_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
     """An hf_gpt folder -> a GPT2LMHeadModel folder that loads with plain transformers, no custom code."""
-    ours = HfGptForCausalLM.from_pretrained(source).float().eval()
+    folder = model_folder(source)
+    ours = HfGptForCausalLM.from_pretrained(folder).float().eval()
     check_gpt2_representable(ours.config)
     values = {name: getattr(ours.config, name) for name in SHARED_FIELDS}
     gpt2 = GPT2LMHeadModel(GPT2Config(**values, pad_token_id=ours.config.pad_token_id)).eval()
@@ -92,9 +96,9 @@ def export_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer
     difference = largest_difference(lambda x: gpt2(x).logits, lambda x: ours(x).logits,
                                     gpt2.config.vocab_size, gpt2.config.n_positions)  # fmt: skip
     check_same_logits(difference, source)
-    generation = ours.generation_config if Path(source, "generation_config.json").is_file() else None
+    generation = ours.generation_config if (folder / "generation_config.json").is_file() else None
     return write_converted(
-        gpt2, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or source,
+        gpt2, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or folder,
         generation_config=generation, card_config=ours.config,
         summary=f"{source} (hf_gpt) exported as a plain GPT-2 (GPT2LMHeadModel): no custom code needed.",
     )  # fmt: skip

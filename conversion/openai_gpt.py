@@ -17,6 +17,7 @@ from hf_gpt.converting import (
     check_same_logits,
     largest_difference,
     load_exactly,
+    model_folder,
     read_config,
     read_weights,
     run_converter,
@@ -29,7 +30,8 @@ RENAMES = {"tokens_embed.": "wte.", "positions_embed.": "wpe."}
 
 
 def import_openai_gpt(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
-    config = read_config(source)
+    folder = model_folder(source)
+    config = read_config(folder)
     if config.get("model_type") != "openai-gpt":
         raise ValueError(f"{source} holds a {config.get('model_type')!r} model, not openai-gpt")
     ours = HfGptForCausalLM(
@@ -50,19 +52,19 @@ def import_openai_gpt(source: str, output_dir: str, overwrite: bool = False, tok
         )
     ).eval()
     weights = {}
-    for key, value in strip_prefix(read_weights(source), "transformer.").items():
+    for key, value in strip_prefix(read_weights(folder), "transformer.").items():
         if key.startswith("lm_head.") or key.endswith(".attn.bias"):  # tied output layer, causal-mask buffer
             continue
         for old, new in RENAMES.items():
             key = key.replace(old, new) if key.startswith(old) else key
         weights[f"transformer.{key}"] = value
     load_exactly(ours, transpose_projections(weights), source)
-    reference = OpenAIGPTLMHeadModel.from_pretrained(source).float().eval()
+    reference = OpenAIGPTLMHeadModel.from_pretrained(folder).float().eval()
     difference = largest_difference(lambda x: ours(x).logits, lambda x: reference(x).logits,
                                     ours.config.vocab_size, ours.config.max_position_embeddings)  # fmt: skip
     check_same_logits(difference, source)
     return write_converted(
-        ours, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or source,
+        ours, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or folder,
         summary=f"{source} (transformers GPT-1, OpenAIGPTLMHeadModel) converted to hf_gpt with identical outputs.",
     )  # fmt: skip
 

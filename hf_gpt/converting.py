@@ -28,6 +28,18 @@ def transpose_projections(weights: dict[str, torch.Tensor]) -> dict[str, torch.T
     return {k: v.t().contiguous() if k.endswith(CONV1D) else v for k, v in weights.items()}
 
 
+DOWNLOADED = ["*.json", "*.safetensors", "*.bin", "merges.txt", "vocab.txt"]  # config, weights, tokenizer
+
+
+def model_folder(source: str | os.PathLike) -> Path:
+    """A local folder as it is; anything else is taken for a Hub repo id and downloaded (HF_ENDPOINT, cache)."""
+    if Path(source).exists() or str(source).count("/") > 1 or str(source).startswith((".", "/")):
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(source), allow_patterns=DOWNLOADED))
+
+
 def read_config(folder: str | os.PathLike) -> dict:
     path = Path(folder) / "config.json"
     if not path.is_file():

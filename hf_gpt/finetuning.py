@@ -270,6 +270,7 @@ def save_finetuned(accelerator, model, tokenizer, args, task, results: dict[str,
                 model_name=Path(args.output_dir).name,
                 summary=f"{args.model} fine-tuned for {task.name.replace('_', ' ')} the GPT-1 way, with hf_gpt.",
                 pipeline_tag=task.pipeline_tag,
+                base_model=str(args.model),
                 training=[
                     ("Task", task.name),
                     ("Training data", f"{Path(args.train).name} ({results['train_examples']} examples)"),

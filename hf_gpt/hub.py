@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from .configuration_hf_gpt import HfGptConfig
 from .modeling_hf_gpt import HfGptForCausalLM
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 def files_to_push(folder: Path) -> list[Path]:
@@ -53,6 +55,9 @@ def card_bytes(folder: Path, repo_id: str, license: str | None, language: str | 
             parameters = sum(p.numel() for p in HfGptForCausalLM(config).parameters())
         name = repo_id.split("/")[-1]
         card = render_card(config, parameters, model_name=name, summary="A GPT made with hf_gpt.", model_path=repo_id)
+    base = card.data.base_model
+    if isinstance(base, str) and (not REPO_ID.fullmatch(base) or Path(base).exists()):
+        card.data.base_model = None  # a local path: the Hub accepts only repo ids there
     if license is not None:
         card.data.license = license
     if language is not None:

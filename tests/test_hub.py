@@ -127,3 +127,28 @@ def test_folders_that_would_not_load_are_refused(tmp_path, model_folder):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="no safetensors weights"):
         push_folder(tmp_path, "alice/x")
+
+
+def test_convert_straight_from_the_hub_and_push_without_local_paths(hub, tmp_path):
+    from test_conversion import IDS, random_gpt2, save_gpt2
+
+    reference = random_gpt2()
+    api = HfApi(endpoint=hub.endpoint, token=hub.token("alice"))
+    api.create_repo("alice/gpt2-small")
+    api.upload_folder(repo_id="alice/gpt2-small", folder_path=save_gpt2(reference, tmp_path / "gpt2", "single"))
+    converted = tmp_path / "converted"
+    command = [sys.executable, "-m", "hf_gpt.conversion.gpt2", "import", "alice/gpt2-small", converted]
+    env = hub.env(tmp_path / "home", "alice")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = HfGptForCausalLM.from_pretrained(converted).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(IDS).logits, reference(IDS).logits, rtol=0, atol=1e-5)
+    assert "base_model: alice/gpt2-small" in (converted / "README.md").read_text()
+
+    # A card naming a local folder as base_model (a fine-tune of a local run) goes up without it.
+    text = (converted / "README.md").read_text().replace("base_model: alice/gpt2-small", f"base_model: {tmp_path}")
+    (converted / "README.md").write_text(text)
+    assert push(hub, tmp_path / "h", "alice", converted, "alice/converted").returncode == 0
+    pushed = hub.read("alice/converted", "README.md").decode()
+    assert "base_model" not in pushed.split("---")[1] and str(tmp_path) not in pushed
