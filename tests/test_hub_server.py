@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import httpx2
 import pytest
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
@@ -152,8 +151,10 @@ def test_dropped_commit_fails_the_upload(hub, tmp_path):
     alice.create_repo("alice/tiny")
     before = alice.model_info("alice/tiny").sha
     hub.fail_next_commit = True
-    with pytest.raises(httpx2.RemoteProtocolError, match="disconnected"):
+    # The client's own transport error (httpx2 in huggingface_hub 2.x, httpx before): matched by name.
+    with pytest.raises(Exception, match="disconnected") as raised:
         alice.upload_folder(repo_id="alice/tiny", folder_path=model_folder(tmp_path))
+    assert type(raised.value).__name__ == "RemoteProtocolError"
     assert alice.model_info("alice/tiny").sha == before
     assert alice.upload_folder(repo_id="alice/tiny", folder_path=tmp_path / "model").oid != before
 
