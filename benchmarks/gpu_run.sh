@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One prepared run for a lent GPU machine (bare image: torch and transformers preinstalled, no network):
+# correctness on CUDA first, then the speed tables, each a row appended to benchmarks/RESULTS.md.
+#   bash benchmarks/gpu_run.sh            (on a CPU it runs the eager benchmarks only, as a dry run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # hf_gpt from this checkout, nothing to install
+python - <<'PY'
+import torch, transformers
+print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())
+PY
+if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    if python -c "import pytest" 2>/dev/null; then  # the benchmarks check equal losses and tokens themselves too
+        python -m pytest -q -p no:cacheprovider tests/test_reference_equivalence.py tests/test_generation.py -x
+    fi
+    python benchmarks/training_step.py
+    python benchmarks/training_step.py --compile
+    python benchmarks/generation_speed.py --precision bf16
+    python benchmarks/generation_speed.py --precision fp32 --batches 1
+    python benchmarks/generation_speed.py --precision bf16 --static-compile
+    python benchmarks/shakespeare_quality.py --max-steps 2000 --mixed-precision bf16 || true  # needs ../shared/data
+else
+    python benchmarks/training_step.py --steps 2 --rounds 1
+    python benchmarks/generation_speed.py --new-tokens 8 --rounds 1
+fi
