@@ -458,6 +458,24 @@ def test_input_checks_read_the_device_per_generation_not_per_step(monkeypatch, m
     assert counts[0] == counts[1] and 0 < counts[0] <= 4, counts  # prompt ids/positions, of each model
 
 
+def test_training_forward_and_loss_compile_without_graph_breaks():
+    # The training step's graph, loss included, must compile whole (fullgraph=True errors on any break).
+    torch._dynamo.reset()
+    model = seeded(HfGptForCausalLM, tiny_config()).train()
+    ids = random_ids(model.config, batch=2, length=16)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    for targets in ({"labels": ids}, {"shift_labels": torch.roll(ids, -1, dims=1)}):
+        loss = compiled(ids, **targets).loss
+        loss.backward()
+        compiled_grad = model.transformer.wte.weight.grad.clone()
+        model.zero_grad()
+        eager = model(ids, **targets).loss
+        eager.backward()
+        torch.testing.assert_close(loss, eager)
+        torch.testing.assert_close(compiled_grad, model.transformer.wte.weight.grad)
+        model.zero_grad()
+
+
 @pytest.mark.slow
 def test_forward_and_static_cache_decoding_compile_without_graph_breaks():
     # fullgraph=True turns any graph break into an error; the eager backend keeps it quick on CPU.
