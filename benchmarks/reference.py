@@ -7,6 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_gpt import HfGptConfig, HfGptForCausalLM
 from hf_gpt.converting import transpose_projections
+from hf_gpt.metrics import synchronize
 
 CPU_SHAPE = dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4)  # runs in seconds on 2 cores
 
@@ -36,24 +37,9 @@ def matched_pair(config: HfGptConfig, device: torch.device, seed: int = 0) -> tu
     return ours.to(device), reference.to(device)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(function, device: torch.device) -> float:
     synchronize(device)
     started = time.perf_counter()
     function()
     synchronize(device)
     return time.perf_counter() - started
-
-
-def peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """FLOP/s of a large matmul in `dtype` on this device: the MFU denominator, measured in the same run."""
-    size = 8192 if device.type == "cuda" else 2048
-    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    a @ b
-    runs = 10 if device.type == "cuda" else 3
-    seconds = timed(lambda: [a @ b for _ in range(runs)], device)
-    return 2 * size**3 * runs / seconds

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 import transformers
 from machine import device_name
-from reference import benchmark_config, matched_pair, peak_flops, timed
+from reference import benchmark_config, matched_pair, timed
 
 import hf_gpt
 from hf_gpt.estimate import count_parameters, flops_per_token
+from hf_gpt.metrics import measured_peak_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +81,7 @@ def main() -> int:
                 memory[name] = torch.cuda.max_memory_allocated(device) / 2**30
     tokens = args.batch * args.seq * args.steps * args.rounds
     flops = flops_per_token(config, count_parameters(ours, non_embedding=True), args.seq)
-    peak = peak_flops(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    peak = measured_peak_flops(device, torch.bfloat16 if args.precision == "bf16" else torch.float32, seconds=1.0)
     rows = []
     for name in models:
         rate = tokens / seconds[name]

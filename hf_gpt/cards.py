@@ -87,7 +87,6 @@ def render_card(
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path(template)),
-        card_data_dict=card_data.to_dict(),
         model_name=model_name,
         summary=summary,
         architecture=architecture_rows(config, num_parameters),

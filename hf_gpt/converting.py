@@ -79,14 +79,14 @@ def strip_prefix(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 
 def load_exactly(model: PreTrainedModel, weights: dict[str, torch.Tensor], source: str) -> None:
     """Load every weight of the model, and nothing else: a converter that drops a tensor is a bug."""
-    expected = set(model.state_dict())
-    tied = {key for key in expected if key == "lm_head.weight"} if model.config.tie_word_embeddings else set()
-    missing = sorted(expected - set(weights) - tied)
-    unexpected = sorted(set(weights) - expected)
+    own = model.state_dict()
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    missing = sorted(set(own) - set(weights) - tied)
+    unexpected = sorted(set(weights) - set(own))
     if missing or unexpected:
         raise ValueError(f"{source}: weights do not fit the converted config (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")  # fmt: skip
-    shapes = [(k, tuple(v.shape), tuple(model.state_dict()[k].shape)) for k, v in weights.items()]
+    shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in weights.items()]
     wrong = [s for s in shapes if s[1] != s[2]]
     if wrong:
         raise ValueError(f"{source}: {wrong[0][0]} has shape {wrong[0][1]}, the config expects {wrong[0][2]}")

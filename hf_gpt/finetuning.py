@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 from .cards import render_card, write_card
 from .estimate import count_parameters
@@ -27,7 +28,6 @@ from .files import atomic_directory, check_output_dir
 from .modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification
 from .optimization import make_optimizer
 from .tasks import Task, add_task_tokens, encode_example, get_task, read_records, task_examples
-from .training import bare_model, bare_state_dict
 
 RESULTS_FILE = "eval_results.json"
 
@@ -113,27 +113,21 @@ def collate(pad_id: int):
     return collate_batch
 
 
-def language_modelling_loss(hidden: torch.Tensor, input_ids, attention_mask, embedding: torch.Tensor) -> torch.Tensor:
-    """L1 on the task inputs: next-token loss through the tied output embedding, padding ignored."""
-    logits = hidden[:, :-1] @ embedding.T
-    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-    return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-
-
 def task_forward(model, embedding, batch, task: Task, lm_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores per class or choice, L3 loss) for a padded batch."""
+    """(scores per class or choice, L3 loss) for a padded batch; lm_weight=0 skips the language-modelling term."""
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    if task.name == "multiple_choice":
-        lm_labels = ids.masked_fill(mask == 0, -100)
+    lm_labels = ids.masked_fill(mask == 0, -100) if lm_weight else None  # padding is not a target
+    if task.name == "multiple_choice":  # the head adds config.lm_loss_weight (= lm_weight) x its LM loss itself
         out = model(input_ids=ids, attention_mask=mask, labels=lm_labels, mc_labels=labels)
-        return out.mc_logits, out.mc_loss + lm_weight * out.lm_loss
+        return out.mc_logits, out.loss
     flat_ids, flat_mask = ids.flatten(0, 1), mask.flatten(0, 1)
-    out = model(input_ids=flat_ids, attention_mask=flat_mask, output_hidden_states=True)
+    out = model(input_ids=flat_ids, attention_mask=flat_mask, output_hidden_states=bool(lm_weight))
     # Similarity: the two orders' scores summed (the head is linear: the sum of GPT-1's representations).
     scores = out.logits.view(*ids.shape[:2], -1).sum(1)
     loss = torch.nn.functional.cross_entropy(scores.float(), labels)
-    if lm_weight:
-        loss = loss + lm_weight * language_modelling_loss(out.hidden_states[-1], flat_ids, flat_mask, embedding)
+    if lm_weight:  # L1 through the tied output embedding, as the causal LM head computes it
+        lm_logits = out.hidden_states[-1] @ embedding.T
+        loss = loss + lm_weight * ForCausalLMLoss(lm_logits, lm_labels.flatten(0, 1), vocab_size=embedding.shape[0])
     return scores, loss
 
 
@@ -254,9 +248,9 @@ def validation_name(args: FinetuneArguments) -> str:
 
 
 def save_finetuned(accelerator, model, tokenizer, args, task, results: dict[str, Any]) -> Path:
-    state_dict = bare_state_dict(accelerator, model)
+    state_dict = accelerator.get_state_dict(model)  # gathered whole under FSDP / DeepSpeed
     if accelerator.is_main_process:
-        unwrapped = bare_model(accelerator, model)
+        unwrapped = accelerator.unwrap_model(model)
         with atomic_directory(args.output_dir, args.overwrite, marker="config.json") as staging:
             unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(staging)

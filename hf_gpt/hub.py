@@ -18,6 +18,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from .cards import render_card
 from .configuration_hf_gpt import HfGptConfig
+from .estimate import count_parameters
 from .modeling_hf_gpt import HfGptForCausalLM
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
@@ -52,7 +53,7 @@ def card_bytes(folder: Path, repo_id: str, license: str | None, language: str | 
     else:
         config = HfGptConfig.from_pretrained(folder)
         with torch.device("meta"):  # counts parameters without allocating them
-            parameters = sum(p.numel() for p in HfGptForCausalLM(config).parameters())
+            parameters = count_parameters(HfGptForCausalLM(config))
         name = repo_id.split("/")[-1]
         card = render_card(config, parameters, model_name=name, summary="A GPT made with hf_gpt.", model_path=repo_id)
     base = card.data.base_model

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 
 
 def tracker_names(log_with: str | list | None) -> list | None:
@@ -35,13 +34,11 @@ class MetricsLog:
             f.write(json.dumps({"step": step, **values}) + "\n")
 
 
-def measured_peak_flops(accelerator: Accelerator, seconds: float = 0.3) -> float:
-    """FLOP/s of a large matmul in the training precision on this device: the denominator of MFU.
+def measured_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
+    """FLOP/s of a large matmul in `dtype` (the training precision) on this device: the denominator of MFU.
 
     Measured rather than looked up, so MFU means the same on a CPU, a consumer GPU or an H100.
     """
-    device = accelerator.device
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     if device.type == "cpu" and dtype == torch.float16:
         dtype = torch.float32
     size = 8192 if device.type == "cuda" else 1024

@@ -43,6 +43,7 @@ from .optimization import make_optimizer, make_scheduler
 from .training_setup import (
     PretrainArguments,
     batch_shape,
+    block_size_for,
     build_config,
     load_blocks,
     prepare_inputs,
@@ -55,7 +56,6 @@ class Progress:
     """The data position and counters, saved in every checkpoint (Accelerate calls the two methods)."""
 
     step: int = 0
-    tokens: int = 0
     train_seconds: float = 0.0
 
     def state_dict(self) -> dict:
@@ -101,13 +101,9 @@ class Trainer:
     def __init__(self, args: PretrainArguments):
         args.check()
         self.args = args
-        dynamo = {"dynamo_backend": "inductor"} if args.compile else {}
         logs = Path(args.output_dir) / "logs"
         self.accelerator = Accelerator(
-            mixed_precision=args.mixed_precision,
-            log_with=tracker_names(args.log_with),
-            project_dir=str(logs),
-            **dynamo,
+            mixed_precision=args.mixed_precision, log_with=tracker_names(args.log_with), project_dir=str(logs)
         )
         # Known only now: how many processes share the batch.
         self.micro_batch, accumulation = batch_shape(args, self.accelerator.num_processes)
@@ -115,12 +111,8 @@ class Trainer:
         self.output = prepare_run_folder(args, self.accelerator)
         self.tokenizer, self.data_dir = prepare_inputs(args, self.output, self.accelerator)
         self.config = build_config(args.model, args.model_overrides, self.tokenizer)
-        self.block_size = args.block_size or self.config.max_position_embeddings
-        if self.block_size > self.config.max_position_embeddings:
-            raise ValueError(
-                f"block_size {self.block_size} is larger than the model's context "
-                f"(max_position_embeddings={self.config.max_position_embeddings})"
-            )
+        self.block_size = block_size_for(args, self.config)
+        self.tokens_per_step = args.batch_size * self.block_size
         self.train_blocks, self.val_blocks = load_blocks(
             self.data_dir, self.tokenizer, self.block_size, args.batch_size
         )
@@ -131,6 +123,8 @@ class Trainer:
         model = HfGptForCausalLM(self.config)
         if self.args.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.args.compile:
+            model.compile()  # in place: no wrapper module, so parameter names stay the model's own
         self.num_parameters = count_parameters(model)
         self.flops_per_token = flops_per_token(
             self.config, count_parameters(model, non_embedding=True), self.block_size
@@ -231,7 +225,8 @@ class Trainer:
         self.resume()
         accelerator.init_trackers("hf_gpt", config={k: str(v) for k, v in args.to_json().items()})
         self.val = self.val_loader()
-        self.peak = args.peak_tflops * 1e12 if args.peak_tflops else measured_peak_flops(accelerator)
+        precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+        self.peak = args.peak_tflops * 1e12 if args.peak_tflops else measured_peak_flops(accelerator.device, precision)
         accelerator.print(
             f"{self.num_parameters:,} parameters, {len(self.train_blocks)} training blocks of "
             f"{self.block_size} tokens; "
@@ -273,17 +268,15 @@ class Trainer:
     def after_step(self, loss: float, lr: float, grad_norm: float | None, seconds: float, stopping: bool) -> None:
         """Count, show, log, evaluate and checkpoint, each on its own schedule (and a checkpoint on Ctrl-C)."""
         args, accelerator, progress = self.args, self.accelerator, self.progress
-        tokens = args.batch_size * self.block_size
         progress.step += 1
-        progress.tokens += tokens
         progress.train_seconds += seconds
-        step, tokens_per_second = progress.step, tokens / seconds
+        step, tokens_per_second = progress.step, self.tokens_per_step / seconds
         mfu = self.flops_per_token * tokens_per_second / (self.peak * accelerator.num_processes)
         self.bar.update(1)
         shown = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}", "tok/s": f"{tokens_per_second:,.0f}", "mfu": f"{mfu:.1%}"}
         self.bar.set_postfix(shown, refresh=False)
         if step % args.log_every == 0 or step == 1:
-            values = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": progress.tokens}
+            values = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": step * self.tokens_per_step}
             self.log(step, {**values, "tokens_per_second": tokens_per_second, "mfu": mfu})
         last = step == args.max_steps
         if self.val is not None and (step % args.eval_every == 0 or last):
@@ -306,10 +299,10 @@ class Trainer:
     def save_model(self, evaluation: dict[str, float], interrupted: bool = False) -> Path:
         """The usable result: a save_pretrained folder with tokenizer, generation config and card."""
         accelerator = self.accelerator
-        state_dict = bare_state_dict(accelerator, self.model)
+        state_dict = accelerator.get_state_dict(self.model)  # gathered whole under FSDP / DeepSpeed
         target = self.output / "model"
         if accelerator.is_main_process:
-            model = bare_model(accelerator, self.model)
+            model = accelerator.unwrap_model(self.model)
             model.generation_config = sampling_defaults(self.config)
             with atomic_directory(target, overwrite=True) as staging:
                 model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
@@ -325,7 +318,7 @@ class Trainer:
         hardware = f"{accelerator.num_processes} x {device_name(accelerator.device)}"
         training = [
             ("Data", ", ".join(Path(p).name for p in args.data)),
-            ("Tokens seen", f"{self.progress.tokens:,}"),
+            ("Tokens seen", f"{self.progress.step * self.tokens_per_step:,}"),
             ("Steps", f"{self.progress.step} of {args.max_steps}" + (" (interrupted)" if interrupted else "")),
             ("Batch", f"{args.batch_size} sequences x {self.block_size} tokens"),
             (
@@ -354,26 +347,11 @@ class Trainer:
             model_path=str(self.output / "model"),
             training=training,
             evaluation=results,
-            small_data=self.progress.tokens < 100_000_000,
+            small_data=self.progress.step * self.tokens_per_step < 100_000_000,
             scores=[(f"{self.data_dir.name} (validation split)", "perplexity", round(evaluation["val_perplexity"], 4))]
             if evaluation
             else [],
         )
-
-
-COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper puts before every parameter name
-
-
-def bare_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
-    """The model itself: without DDP / FSDP / DeepSpeed wrappers, and without torch.compile's."""
-    model = accelerator.unwrap_model(model)
-    return getattr(model, "_orig_mod", model)
-
-
-def bare_state_dict(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The full state dict (gathered under FSDP / DeepSpeed), with the model's own parameter names."""
-    state_dict = accelerator.get_state_dict(model)
-    return {key.removeprefix(COMPILED_PREFIX): value for key, value in (state_dict or {}).items()}
 
 
 def private_generator() -> torch.Generator:

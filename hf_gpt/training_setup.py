@@ -200,6 +200,17 @@ def build_config(model: str, overrides: dict[str, Any], tokenizer: PreTrainedTok
     return config
 
 
+def block_size_for(args: PretrainArguments, config: HfGptConfig) -> int:
+    """The training sequence length: the model's context unless given, and never more than it."""
+    block_size = args.block_size or config.max_position_embeddings
+    if block_size > config.max_position_embeddings:
+        raise ValueError(
+            f"block_size {block_size} is larger than the model's context "
+            f"(max_position_embeddings={config.max_position_embeddings})"
+        )
+    return block_size
+
+
 def batch_shape(args: PretrainArguments, num_processes: int) -> tuple[int, int]:
     """(micro batch per process, gradient accumulation steps) that make up the global batch exactly."""
     micro = args.micro_batch_size or max(1, args.batch_size // num_processes)
@@ -221,6 +232,6 @@ def load_blocks(data_dir: Path, tokenizer, block_size: int, batch_size: int) -> 
             f"{block_size} tokens, fewer than one batch of {batch_size}; add data or lower the batch or block size"
         )
     val = None
-    if manifest["splits"].get("val", {}).get("tokens", 0) > 0:
-        val = TokenBlocks(data_dir, "val", block_size, tokenizer)
+    if manifest["splits"].get("val", {}).get("tokens", 0) > 0:  # same manifest: the tokenizer is checked
+        val = TokenBlocks(data_dir, "val", block_size)
     return train, val
