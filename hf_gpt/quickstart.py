@@ -117,8 +117,9 @@ def show_samples(model_dir: Path) -> None:
         print()
         sample(lm, tokenizer, prompt, max_new_tokens=40, seed=index)
     print(
-        f"\nThe model is in {model_dir}. Load it with\n"
-        f"  AutoModelForCausalLM.from_pretrained({str(model_dir)!r})\n"
-        f"  pipeline('text-generation', model={str(model_dir)!r})\n"
+        f"\nThe model is in {model_dir}. Load it (its code is in the folder) with\n"
+        f"  AutoModelForCausalLM.from_pretrained({str(model_dir)!r}, trust_remote_code=True)\n"
+        f"  pipeline('text-generation', model={str(model_dir)!r}, trust_remote_code=True)\n"
+        "(after `import hf_gpt`, trust_remote_code is not needed)\n"
         f'or sample from it with: hf-gpt generate {model_dir} "{PROMPTS[0]}"'
     )

@@ -47,7 +47,7 @@ from .training_setup import (
     build_config,
     load_blocks,
     prepare_inputs,
-    prepare_run_folder,
+    run_folder,
 )
 
 
@@ -108,14 +108,14 @@ class Trainer:
         # Known only now: how many processes share the batch.
         self.micro_batch, accumulation = batch_shape(args, self.accelerator.num_processes)
         self.accelerator.gradient_accumulation_steps = accumulation
-        self.output = prepare_run_folder(args, self.accelerator)
-        self.tokenizer, self.data_dir = prepare_inputs(args, self.output, self.accelerator)
-        self.config = build_config(args.model, args.model_overrides, self.tokenizer)
-        self.block_size = block_size_for(args, self.config)
-        self.tokens_per_step = args.batch_size * self.block_size
-        self.train_blocks, self.val_blocks = load_blocks(
-            self.data_dir, self.tokenizer, self.block_size, args.batch_size
-        )
+        with run_folder(args, self.accelerator) as self.output:  # checks that fail remove a new run folder
+            self.tokenizer, self.data_dir = prepare_inputs(args, self.output, self.accelerator)
+            self.config = build_config(args.model, args.model_overrides, self.tokenizer)
+            self.block_size = block_size_for(args, self.config)
+            self.tokens_per_step = args.batch_size * self.block_size
+            self.train_blocks, self.val_blocks = load_blocks(
+                self.data_dir, self.tokenizer, self.block_size, args.batch_size
+            )
         self.metrics = MetricsLog(logs / "metrics.jsonl", enabled=self.accelerator.is_main_process)
 
     def build_model(self) -> None:

@@ -3,10 +3,11 @@ tokenizer, data and model config. Bad input fails here, with a message naming it
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,20 @@ def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> Pat
             write_text_atomic(run_file, json.dumps(args.to_json(), indent=2) + "\n")
     accelerator.wait_for_everyone()
     return output
+
+
+@contextlib.contextmanager
+def run_folder(args: PretrainArguments, accelerator: Accelerator) -> Iterator[Path]:
+    """The run folder, removed again if the setup inside the block fails: a refused run leaves nothing
+    behind (a resumed run's folder is never removed)."""
+    created = not (args.resume and (Path(args.output_dir) / RUN_FILE).is_file())
+    output = prepare_run_folder(args, accelerator)
+    try:
+        yield output
+    except BaseException:
+        if created and accelerator.is_main_process:
+            shutil.rmtree(output, ignore_errors=True)
+        raise
 
 
 def is_prepared_data(paths: Sequence[str]) -> bool:

@@ -149,6 +149,7 @@ def test_bad_settings_fail_before_training(tmp_path, prepared, trained_tokenizer
     with pytest.raises(ValueError, match=message):
         pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir, **overrides))
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "model").exists()
+    assert not (tmp_path / "run").exists()  # a refused run leaves no folder that would block the next one
 
 
 def test_unwritable_or_foreign_output_is_refused(tmp_path, prepared, trained_tokenizer_dir):
