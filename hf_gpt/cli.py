@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(commands)
     add_finetune_parser(commands)
     add_generate_parser(commands)
+    add_eval_parser(commands)
+    add_estimate_parser(commands)
 
     push = commands.add_parser("push", help="upload a model folder to the Hub (HF_ENDPOINT) in one commit")
     push.add_argument("folder", help="model folder (e.g. OUTPUT/model of hf-gpt pretrain)")
@@ -207,6 +209,78 @@ def add_generate_parser(commands) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="for models whose code is in their folder")
 
 
+def add_eval_parser(commands) -> None:
+    evaluate = commands.add_parser("eval", help="perplexity and zero/one/few-shot scores of a causal LM")
+    kinds = evaluate.add_subparsers(dest="eval_command", required=True)
+    ppl = kinds.add_parser(
+        "perplexity",
+        help="strided sliding-window perplexity of text files",
+        description="Each file is one document, started after <|endoftext|>. Every token is predicted once, "
+        "from a window of at most --block-size tokens; each window predicts --stride new tokens.",
+    )
+    ppl.add_argument("model", help="model folder or Hub name (any causal LM)")
+    ppl.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files")
+    ppl.add_argument("--block-size", type=int, help="window length (default: the model's context, at most 1024)")
+    ppl.add_argument("--stride", type=int, help="new tokens per window, 1..block size (default: half the block)")
+    add_eval_options(ppl, "JSON file for the figures (default: print only)")
+
+    fewshot = kinds.add_parser(
+        "fewshot",
+        help="zero/one/few-shot accuracy on a task file or a built-in GPT-3 synthetic task",
+        description="Task files are JSONL, one example per line: multiple choice {context, choices, answer} "
+        "scored by log-likelihood (acc, and length-normalised acc_norm / acc_token_norm); completion "
+        '{prompt, target} scored by greedy generation and exact match. Lines with "split": "train" are '
+        "the pool of shots. Built-in tasks: arithmetic-2d+ .. arithmetic-1dc, cycle-letters, anagrams-1, "
+        "anagrams-2, random-insertion, reversed-words (the word tasks need --words FILE).",
+    )
+    fewshot.add_argument("model", help="model folder or Hub name (any causal LM)")
+    fewshot.add_argument("task", help="a task file (.jsonl) or a built-in task name")
+    fewshot.add_argument("--shots", default="0,1,5", help="comma-separated shot counts (default: 0,1,5)")
+    fewshot.add_argument("--seed", type=int, default=0, help="for drawing shots (and generating built-in tasks)")
+    fewshot.add_argument("--limit", type=int, help="score only the first N test examples")
+    fewshot.add_argument("--words", help="text file to take the word tasks' words from")
+    fewshot.add_argument("--description", help="instruction shown once before the examples")
+    add_eval_options(fewshot, "JSON file for the results (default: fewshot-TASK.json)")
+
+
+def add_eval_options(parser: argparse.ArgumentParser, output_help: str) -> None:
+    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    parser.add_argument("--output", help=output_help)
+    parser.add_argument("--trust-remote-code", action="store_true", help="for models whose code is in their folder")
+
+
+def add_estimate_parser(commands) -> None:
+    from .estimate import ATTENTIONS, PRECISIONS
+
+    p = commands.add_parser(
+        "estimate",
+        help="parameters, training FLOPs, memory, GPU time and cost of a model, before training it",
+        description="Estimate what training a model costs: parameters (exact, counted on the meta device), "
+        "training FLOPs (6N per token plus attention 12·L·d·T), memory per GPU (weights, gradients, Adam "
+        "states, activations) and GPU time. GPT-3's published figure: "
+        "`hf-gpt estimate gpt3-175b --tokens 300B --gpu-tflops 28 --mfu 1` gives 3.14e23 FLOPs, 355 GPU-years.",
+    )
+    p.add_argument("model", help="a preset name or a config.json (or its folder)")
+    p.add_argument(
+        "--set",
+        dest="model_overrides",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a config field, e.g. --set num_hidden_layers=6 (repeatable)",
+    )
+    p.add_argument("--tokens", help="training tokens, e.g. 300e9, 300B or 1.5T (default: 20 per parameter, Chinchilla)")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's context)")
+    p.add_argument("--batch-size", type=int, default=1, help="sequences per GPU and forward pass, for memory")
+    p.add_argument("--precision", choices=PRECISIONS, default="bf16", help="bf16/fp16: autocast mixed precision")
+    p.add_argument("--attention", choices=ATTENTIONS, default="sdpa", help="eager keeps the a·s² score tensors")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="keep only layer inputs, recompute the rest")
+    p.add_argument("--gpu-tflops", type=float, default=312.0, help="peak TFLOP/s per GPU (default: A100 bf16)")
+    p.add_argument("--mfu", type=float, default=0.4, help="share of the peak achieved, in (0, 1]")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs, for wall-clock time and sharded memory")
+    p.add_argument("--price-per-hour", type=float, help="price of one GPU-hour, for the cost")
+
+
 def run(args: argparse.Namespace) -> None:
     common = {name: getattr(args, name, None) for name in ("text_field", "split", "invalid_utf8", "overwrite")}
     if args.command == "train-tokenizer":
@@ -249,6 +323,17 @@ def run(args: argparse.Namespace) -> None:
         generate(
             args.model, args.prompt, trust_remote_code=args.trust_remote_code, **{k: getattr(args, k) for k in options}
         )
+    elif args.command == "estimate":
+        from .estimate import estimate, format_estimate, load_config, parse_count
+        from .training_setup import parse_override
+
+        config = load_config(args.model, dict(parse_override(text) for text in args.model_overrides))
+        tokens = None if args.tokens is None else parse_count(args.tokens, "--tokens")
+        options = ("seq_len", "batch_size", "precision", "attention", "gradient_checkpointing", "gpu_tflops", "mfu",
+                   "gpus", "price_per_hour")  # fmt: skip
+        print(format_estimate(estimate(config, tokens=tokens, **{k: getattr(args, k) for k in options}), args.model))
+    elif args.command == "eval":
+        run_eval(args)
     elif args.command == "push":
         from .hub import push
 
@@ -258,6 +343,17 @@ def run(args: argparse.Namespace) -> None:
         from .quickstart import STEPS, quickstart
 
         quickstart(args.output, max_steps=args.max_steps or STEPS)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from .eval_commands import eval_fewshot, eval_perplexity, parse_shots
+
+    common = {"batch_size": args.batch_size, "output": args.output, "trust_remote_code": args.trust_remote_code}
+    if args.eval_command == "perplexity":
+        eval_perplexity(args.model, args.files, block_size=args.block_size, stride=args.stride, **common)
+    else:
+        options = {"seed": args.seed, "limit": args.limit, "words_file": args.words, "description": args.description}
+        eval_fewshot(args.model, args.task, shots=parse_shots(args.shots), **options, **common)
 
 
 def pretrain_from(args: argparse.Namespace, common: dict) -> None:
