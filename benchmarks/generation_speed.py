@@ -2,6 +2,7 @@
 
     python benchmarks/generation_speed.py                       # transformers' default generate() (dynamic cache)
     python benchmarks/generation_speed.py --static-compile      # static cache + torch.compile (CUDA graphs on GPU)
+    python benchmarks/generation_speed.py --fast                # hf_gpt's StaticDecoder vs the default generate()
 A 32-token prompt, 256 new tokens (64 on a CPU, at the cut-down CPU shape), batch 1 and batch 32 (8 on a CPU).
 The generated tokens must be equal: exactly in fp32; in bf16 a first difference is accepted only where the
 reference's top two logits nearly tie (reported). Appends a row to benchmarks/RESULTS.md.
@@ -18,6 +19,7 @@ from machine import device_name
 from reference import benchmark_config, matched_pair, timed
 
 import hf_gpt
+from hf_gpt.decoding import StaticDecoder
 
 ROOT = Path(__file__).resolve().parent.parent
 NEAR_TIE = 1e-2  # logits closer than this may swap order under different bf16 kernels
@@ -32,7 +34,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batches", default="1,32" if cuda else "1,8")
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="fp32")
     parser.add_argument("--rounds", type=int, default=3, help="timed generations per model, alternating")
-    parser.add_argument("--static-compile", action="store_true", help="static cache + torch.compile")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--static-compile", action="store_true", help="static cache + torch.compile")
+    mode.add_argument(
+        "--fast",
+        action="store_true",
+        help="hf_gpt decodes with StaticDecoder (compiled step, CUDA graphs on GPU); the reference with its "
+        "default generate() (dynamic cache), the baseline the issue's targets are stated against",
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     return parser.parse_args()
 
@@ -55,11 +64,33 @@ def near_tie(model, tokens: torch.Tensor, row: int, position: int) -> float:
 
 
 @torch.no_grad()
-def timed_generate(model, prompt: torch.Tensor, options: dict, device: torch.device) -> tuple[torch.Tensor, float]:
+def timed_generate(generate, prompt: torch.Tensor, options: dict, device: torch.device) -> tuple[torch.Tensor, float]:
+    """`generate` is a model's generate method, or a StaticDecoder's (which takes the same options)."""
     mask = torch.ones_like(prompt)
     result = []
-    seconds = timed(lambda: result.append(model.generate(prompt, attention_mask=mask, **options)), device)
+    seconds = timed(lambda: result.append(generate(prompt, attention_mask=mask, **options)), device)
     return result[0], seconds
+
+
+def static_decoder_generate(model, batch_size: int, args: argparse.Namespace):
+    """StaticDecoder's generate with generate()'s options; compiled, so it warms up on a whole generation."""
+    decoder = StaticDecoder(model, batch_size, args.prompt + args.new_tokens, compile=True)
+
+    def generate(prompt, attention_mask, max_new_tokens, min_new_tokens, pad_token_id, do_sample):
+        # generate() keeps the config's EOS, suppressed for min_new_tokens: the same here, so tokens match.
+        return decoder.generate(
+            prompt, max_new_tokens, attention_mask=attention_mask, do_sample=do_sample,
+            eos_token_id=model.config.eos_token_id, pad_token_id=pad_token_id, min_new_tokens=min_new_tokens,
+        )  # fmt: skip
+
+    return generate
+
+
+def mode_text(args: argparse.Namespace, device: torch.device) -> str:
+    if args.fast:
+        graphs = ", CUDA graphs" if device.type == "cuda" else ""
+        return f"hf_gpt StaticDecoder (compiled step{graphs}) vs GPT2LMHeadModel default generate (dynamic cache)"
+    return "static cache + compile" if args.static_compile else "default generate (dynamic cache)"
 
 
 def main() -> int:
@@ -79,18 +110,22 @@ def main() -> int:
         prompt = torch.randint(0, config.vocab_size, (batch_size, args.prompt), device=device,
                                generator=torch.Generator(device).manual_seed(batch_size))  # fmt: skip
         outputs, seconds = {}, {}
+        generates = {name: model.generate for name, model in models.items()}
+        if args.fast:
+            generates["hf_gpt"] = static_decoder_generate(models["hf_gpt"], batch_size, args)
         # Warm-up: kernels and allocation; compiled models run the whole generation once, so that every
         # graph they need (prefill and decoding) is compiled before the clock starts.
-        warm_up = options if args.static_compile else {**options, "max_new_tokens": 4, "min_new_tokens": 4}
-        for name, model in models.items():
+        short = {**options, "max_new_tokens": 4, "min_new_tokens": 4}
+        for name, generate in generates.items():
+            compiled = args.static_compile or (args.fast and name == "hf_gpt")
             try:
-                timed_generate(model, prompt, warm_up, device)
+                timed_generate(generate, prompt, options if compiled else short, device)
             except Exception as e:  # the reference's static-cache path has crashed on CUDA: report, don't hide
                 notes.append(f"{name} batch {batch_size} failed: {type(e).__name__}: {str(e)[:200]}")
         working = [name for name in models if not any(n.startswith(f"{name} batch {batch_size}") for n in notes)]
         for _ in range(args.rounds):  # the models alternate, so drifting machine load hits both alike
             for name in working:
-                outputs[name], spent = timed_generate(models[name], prompt, options, device)
+                outputs[name], spent = timed_generate(generates[name], prompt, options, device)
                 seconds[name] = seconds.get(name, 0.0) + spent
         if len(outputs) == 2:
             place = first_difference(outputs["hf_gpt"], outputs["GPT2LMHeadModel"])
@@ -107,7 +142,7 @@ def main() -> int:
                 rate = batch_size * args.new_tokens * args.rounds / seconds[name]
                 ratio = seconds["GPT2LMHeadModel"] / seconds[name] if "GPT2LMHeadModel" in seconds else float("nan")
                 rows.append((batch_size, name, rate, ratio))
-    mode = "static cache + compile" if args.static_compile else "default generate (dynamic cache)"
+    mode = mode_text(args, device)
     print(f"\n{'batch':>5} {'model':18} {'tokens/s':>10}  ratio ({mode}, {args.precision})")
     for batch_size, name, rate, ratio in rows:
         print(f"{batch_size:5} {name:18} {rate:10,.1f}  {ratio:.2f}")

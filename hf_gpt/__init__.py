@@ -13,6 +13,7 @@ from transformers import (
 )
 
 from .configuration_hf_gpt import PRESETS, HfGptConfig
+from .decoding import StaticDecoder
 from .modeling_hf_gpt import (
     HfGptDoubleHeadsModel,
     HfGptForCausalLM,
@@ -45,4 +46,5 @@ __all__ = [
     "HfGptForTokenClassification",
     "HfGptForQuestionAnswering",
     "HfGptDoubleHeadsModel",
+    "StaticDecoder",
 ]

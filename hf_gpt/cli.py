@@ -242,6 +242,19 @@ def add_eval_parser(commands) -> None:
     fewshot.add_argument("--description", help="instruction shown once before the examples")
     add_eval_options(fewshot, "JSON file for the results (default: fewshot-TASK.json)")
 
+    export = kinds.add_parser(
+        "export-lm-eval",
+        help="write a task as an lm-evaluation-harness task (YAML + JSONL), to run offline with lm_eval",
+        description="Writes FOLDER/NAME.yaml and its data; then: lm_eval --model hf --model_args "
+        "pretrained=MODEL,trust_remote_code=True --include_path FOLDER --tasks NAME",
+    )
+    export.add_argument("task", help="a task file (.jsonl) or a built-in task name")
+    export.add_argument("folder", help="folder for the YAML and its data")
+    export.add_argument("--seed", type=int, default=0, help="for generating built-in tasks")
+    export.add_argument("--words", help="text file to take the word tasks' words from")
+    export.add_argument("--description", help="instruction shown once before the examples")
+    export.add_argument("--max-gen-toks", type=int, default=32, help="generation limit for completion tasks")
+
 
 def add_eval_options(parser: argparse.ArgumentParser, output_help: str) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
@@ -348,6 +361,14 @@ def run(args: argparse.Namespace) -> None:
 def run_eval(args: argparse.Namespace) -> None:
     from .eval_commands import eval_fewshot, eval_perplexity, parse_shots
 
+    if args.eval_command == "export-lm-eval":
+        from .eval_commands import load_fewshot_task
+        from .lm_eval_tasks import export_lm_eval_task
+
+        options = {"seed": args.seed, "words_file": args.words, "description": args.description}
+        path = export_lm_eval_task(load_fewshot_task(args.task, **options), args.folder, max_gen_toks=args.max_gen_toks)
+        print(f"lm-eval task written to {path}; run it with --include_path {path.parent} --tasks {path.stem}")
+        return
     common = {"batch_size": args.batch_size, "output": args.output, "trust_remote_code": args.trust_remote_code}
     if args.eval_command == "perplexity":
         eval_perplexity(args.model, args.files, block_size=args.block_size, stride=args.stride, **common)

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .fewshot import COMPLETION, MULTIPLE_CHOICE, FewShotTask, build_prompt, choose_shots
+from .fewshot import COMPLETION, MULTIPLE_CHOICE, FewShotTask, build_prompt, choose_shots, stop_strings
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,7 @@ def evaluate_task(
             tokenizer,
             prompts,
             max_new_tokens=max_new_tokens or longest + 4,
-            stop=sorted({"\n", task.example_separator} - {""}),
+            stop=stop_strings(task),
             batch_size=batch_size,
             desc=desc,
         )

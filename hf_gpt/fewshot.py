@@ -119,3 +119,8 @@ def build_prompt(task: FewShotTask, record: dict[str, Any], shots: list[dict[str
     parts += [context_of(task, shot) + correct_answer(task, shot) for shot in shots]
     parts.append(context_of(task, record))
     return task.example_separator.join(parts)
+
+
+def stop_strings(task: FewShotTask) -> list[str]:
+    """Where a generated answer ends: at a line break, or where the next example would start."""
+    return ["\n"] if "\n" in task.example_separator else ["\n", task.example_separator]

@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 
 import pytest
 import torch
@@ -234,3 +235,51 @@ def test_cli_bad_input_is_named(model_dir, tmp_path, capsys, arguments, message)
     filled = [a.format(model=model_dir, text=text) for a in arguments]
     assert main(["eval", *filled]) == 2
     assert message in capsys.readouterr().err
+
+
+KEYS, LABELS = ["apple", "river", "stone", "cloud"], ["red", "blue", "green", "gold"]
+
+
+def label_documents(count: int, seed: int = 0) -> list[str]:
+    """Documents of "key -> label" lines whose label is the same throughout one document: a label can be
+    guessed only from the lines before (the shots), never from the key."""
+    rng = random.Random(seed)
+    documents = []
+    for _ in range(count):
+        label = rng.choice(LABELS)
+        documents.append("\n\n".join(f"{rng.choice(KEYS)} -> {label}" for _ in range(6)))
+    return documents
+
+
+@pytest.mark.slow
+def test_accuracy_rises_with_shots_on_a_model_trained_for_it(tmp_path):
+    """Zero-shot, the model can only guess: over four tasks whose answers are each label in turn its
+    accuracies add up to exactly 1. One shot shows the task's label, and a model trained on such
+    documents copies it."""
+    from hf_gpt.tokenizer import train_bpe_tokenizer
+
+    documents = label_documents(2000)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(documents[:300]))
+    tokenizer = train_bpe_tokenizer([corpus], 300, tmp_path / "tokenizer", show_progress=False)
+    ids = torch.tensor([t for d in documents for t in tokenizer(d)["input_ids"] + [tokenizer.eos_token_id]])
+    config = tiny_config(vocab_size=len(tokenizer), hidden_size=128, max_position_embeddings=64, initializer_range=0.02)
+    torch.manual_seed(0)
+    model = HfGptForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(300):
+        starts = torch.randint(len(ids) - 33, (32,)).tolist()
+        batch = torch.stack([ids[s : s + 32] for s in starts])
+        model(batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+    accuracy = {shots: [] for shots in (0, 1, 3)}
+    for label in LABELS:
+        examples = [{"context": f"{key} ->", "choices": LABELS, "answer": LABELS.index(label)} for key in KEYS]
+        task = FewShotTask(label, MULTIPLE_CHOICE, test=examples * 3, train=examples)
+        for shots in accuracy:
+            accuracy[shots].append(evaluate_task(model, tokenizer, task, shots, seed=1).metrics["acc"])
+    assert sum(accuracy[0]) == pytest.approx(1.0)  # zero-shot: one guess per key, right for one task only
+    assert min(accuracy[1]) >= 0.9 and min(accuracy[3]) >= 0.9, accuracy
