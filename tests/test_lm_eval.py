@@ -80,7 +80,8 @@ def test_multiple_choice_scores_match(harness_run, tokenizer):
     model, (task, _) = harness_run["model"], harness_run["tasks"]
     ours = evaluate_task(model, tokenizer, task, 0).metrics
     theirs = harness_run["results"]["hfgpt_choices"]
-    assert theirs["acc,none"] == pytest.approx(ours["acc"]) and theirs["acc_norm,none"] == pytest.approx(ours["acc_norm"])
+    assert theirs["acc,none"] == pytest.approx(ours["acc"])
+    assert theirs["acc_norm,none"] == pytest.approx(ours["acc_norm"])
     for sample in sorted(harness_run["samples"]["hfgpt_choices"], key=lambda s: s["doc_id"]):
         pairs = [(a["arg_0"], a["arg_1"]) for a in sample["arguments"].values()]
         assert pairs == [(sample["doc"]["context"], " " + c) for c in sample["doc"]["choices"]]  # the same prompts
