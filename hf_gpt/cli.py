@@ -337,8 +337,8 @@ def run(args: argparse.Namespace) -> None:
             args.model, args.prompt, trust_remote_code=args.trust_remote_code, **{k: getattr(args, k) for k in options}
         )
     elif args.command == "estimate":
-        from .estimate import estimate, format_estimate, load_config, parse_count
-        from .training_setup import parse_override
+        from .estimate import estimate, format_estimate, parse_count
+        from .training_setup import load_config, parse_override
 
         config = load_config(args.model, dict(parse_override(text) for text in args.model_overrides))
         tokens = None if args.tokens is None else parse_count(args.tokens, "--tokens")

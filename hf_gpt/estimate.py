@@ -12,12 +12,10 @@ import copy
 import math
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
-from typing import Any
 
 import torch
 
-from .configuration_hf_gpt import PRESETS, HfGptConfig
+from .configuration_hf_gpt import HfGptConfig
 from .modeling_hf_gpt import HfGptForCausalLM
 
 PRECISIONS = ("bf16", "fp16", "fp32")  # bf16/fp16: mixed precision as torch autocast runs it
@@ -40,23 +38,6 @@ def count_parameters(model: torch.nn.Module, *, non_embedding: bool = False) -> 
 def flops_per_token(config: HfGptConfig, non_embedding_parameters: int, seq_len: int) -> int:
     """Training FLOPs per token: 6N for the matmuls (forward 2N, backward 4N) plus attention 12·L·d·T."""
     return 6 * non_embedding_parameters + 12 * config.num_hidden_layers * config.hidden_size * seq_len
-
-
-def load_config(model: str, overrides: dict[str, Any] | None = None) -> HfGptConfig:
-    """A preset name, or a config.json (or a folder holding one), with overrides on top.
-
-    `training_setup.build_config` also fits the vocabulary and token ids to a tokenizer; an estimate
-    has no tokenizer, so the config's own vocabulary counts.
-    """
-    overrides = overrides or {}
-    if model in PRESETS:
-        return HfGptConfig.from_preset(model, **overrides)
-    path = Path(model)
-    if not (path.is_file() or (path / "config.json").is_file()):
-        raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
-    values = HfGptConfig.from_json_file(str(path if path.is_file() else path / "config.json")).to_dict()
-    values.pop("model_type", None)
-    return HfGptConfig(**{**values, **overrides})
 
 
 def parameter_counts(config: HfGptConfig) -> tuple[int, int]:

@@ -186,22 +186,29 @@ def parse_override(text: str) -> tuple[str, Any]:
         return name, value
 
 
+def load_config(model: str, overrides: dict[str, Any] | None = None) -> HfGptConfig:
+    """A preset name, or a config.json (or a folder holding one), with overrides on top.
+
+    (`build_config` builds on this and fits the vocabulary and token ids to a tokenizer.)
+    """
+    overrides = overrides or {}
+    if model in PRESETS:
+        return HfGptConfig.from_preset(model, **overrides)
+    path = Path(model)
+    if not (path.is_file() or (path / "config.json").is_file()):
+        raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
+    values = HfGptConfig.from_json_file(str(path if path.is_file() else path / "config.json")).to_dict()
+    values.pop("model_type", None)
+    return HfGptConfig(**{**values, **overrides})
+
+
 def build_config(model: str, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> HfGptConfig:
     """A preset or config file, with overrides; the vocabulary follows the tokenizer unless set explicitly."""
-    path = Path(model)
     # The token ids come from the tokenizer below; unset until then so the vocabulary check speaks first.
     unset = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
     # A preset or config file gives the architecture; the vocabulary is the tokenizer's unless overridden.
     vocab = {} if "vocab_size" in overrides else {"vocab_size": len(tokenizer)}
-    if model in PRESETS:
-        config = HfGptConfig.from_preset(model, **vocab, **overrides, **unset)
-    elif path.is_file() or (path / "config.json").is_file():
-        values = HfGptConfig.from_json_file(str(path if path.is_file() else path / "config.json")).to_dict()
-        values = {**values, **vocab, **overrides, **unset}
-        values.pop("model_type", None)
-        config = HfGptConfig(**values)
-    else:
-        raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
+    config = load_config(model, {**vocab, **overrides, **unset})
     if config.vocab_size < len(tokenizer):
         raise ValueError(
             f"the model's vocab_size ({config.vocab_size}) is smaller than the tokenizer's vocabulary "
