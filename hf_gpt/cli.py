@@ -234,7 +234,8 @@ def add_eval_parser(commands) -> None:
         "anagrams-2, random-insertion, reversed-words (the word tasks need --words FILE).",
     )
     fewshot.add_argument("model", help="model folder or Hub name (any causal LM)")
-    fewshot.add_argument("task", help="a task file (.jsonl) or a built-in task name")
+    fewshot.add_argument("task", nargs="?", help="a task file (.jsonl) or a built-in task name")
+    fewshot.add_argument("--task", dest="task_option", metavar="TASK", help="the same, as an option")
     fewshot.add_argument("--shots", default="0,1,5", help="comma-separated shot counts (default: 0,1,5)")
     fewshot.add_argument("--seed", type=int, default=0, help="for drawing shots (and generating built-in tasks)")
     fewshot.add_argument("--limit", type=int, help="score only the first N test examples")
@@ -374,7 +375,10 @@ def run_eval(args: argparse.Namespace) -> None:
         eval_perplexity(args.model, args.files, block_size=args.block_size, stride=args.stride, **common)
     else:
         options = {"seed": args.seed, "limit": args.limit, "words_file": args.words, "description": args.description}
-        eval_fewshot(args.model, args.task, shots=parse_shots(args.shots), **options, **common)
+        if (args.task is None) == (args.task_option is None):
+            raise ValueError("name the task once: a task file or built-in task, as TASK or --task TASK")
+        task = args.task or args.task_option
+        eval_fewshot(args.model, task, shots=parse_shots(args.shots), **options, **common)
 
 
 def pretrain_from(args: argparse.Namespace, common: dict) -> None:

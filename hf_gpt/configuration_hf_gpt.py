@@ -223,13 +223,18 @@ class HfGptConfig(PretrainedConfig):
         """Build a config from a named preset (see `PRESETS`), with keyword overrides on top."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
-        preset = dict(PRESETS[name])
+        return cls.from_values(PRESETS[name], **overrides)
+
+    @classmethod
+    def from_values(cls, values: dict, **overrides) -> HfGptConfig:
+        """A config from a preset's or a saved config's values, with overrides on top. A new depth keeps the
+        attention pattern's period (GPT-3's global/local alternation), since the pattern was drawn for the old one."""
+        values = {key: value for key, value in values.items() if key != "model_type"}
         if "num_hidden_layers" in overrides or "n_layer" in overrides:
-            # A preset's attention pattern was drawn for its depth: stretch its period to the new one.
             layers = overrides.get("num_hidden_layers", overrides.get("n_layer"))
-            pattern = preset.get("attention_layers") or ["global"]
-            preset["attention_layers"] = [pattern[i % len(pattern)] for i in range(layers)]
-        return cls(**{**preset, **overrides})
+            pattern = values.get("attention_layers") or ["global"]
+            values["attention_layers"] = [pattern[i % len(pattern)] for i in range(layers)]
+        return cls(**{**values, **overrides})
 
 
 __all__ = ["HfGptConfig", "PRESETS"]

@@ -198,8 +198,7 @@ def load_config(model: str, overrides: dict[str, Any] | None = None) -> HfGptCon
     if not (path.is_file() or (path / "config.json").is_file()):
         raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
     values = HfGptConfig.from_json_file(str(path if path.is_file() else path / "config.json")).to_dict()
-    values.pop("model_type", None)
-    return HfGptConfig(**{**values, **overrides})
+    return HfGptConfig.from_values(values, **overrides)
 
 
 def build_config(model: str, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> HfGptConfig:

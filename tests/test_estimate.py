@@ -135,6 +135,11 @@ def test_load_config_reads_presets_and_config_files(tmp_path):
         load_config(str(tmp_path / "missing"))
 
 
+def test_a_saved_config_at_a_new_depth_keeps_its_attention_period(tmp_path):
+    HfGptConfig.from_preset("gpt3-tiny").save_pretrained(tmp_path)  # global, local
+    assert load_config(str(tmp_path), {"num_hidden_layers": 5}).attention_layers == ["global", "local"] * 2 + ["global"]
+
+
 def test_cli_reproduces_gpt3(capsys):
     args = ["estimate", "gpt3-175b", "--tokens", "300B", "--gpu-tflops", "28", "--mfu", "1", "--price-per-hour", "1"]
     assert main(args) == 0

@@ -214,7 +214,7 @@ def test_cli_fewshot_on_a_task_file_and_a_builtin_task(model_dir, tmp_path, caps
     assert set(results) == {"0-shot", "2-shot"} and results["2-shot"]["examples"] == len(MC_EXAMPLES)
     assert "| 2-shot | 5 |" in capsys.readouterr().out
     monkeypatch.chdir(tmp_path)
-    assert main(["eval", "fewshot", str(model_dir), "arithmetic-2d+", "--shots", "1", "--limit", "3"]) == 0
+    assert main(["eval", "fewshot", str(model_dir), "--task", "arithmetic-2d+", "--shots", "1", "--limit", "3"]) == 0
     assert json.loads((tmp_path / "fewshot-arithmetic-2d+.json").read_text())["results"]["1-shot"]["examples"] == 3
 
 
@@ -222,6 +222,8 @@ def test_cli_fewshot_on_a_task_file_and_a_builtin_task(model_dir, tmp_path, caps
     "arguments, message",
     [
         (["fewshot", "{model}", "nonesuch"], "neither a task file"),
+        (["fewshot", "{model}"], "name the task once"),
+        (["fewshot", "{model}", "arithmetic-2d+", "--task", "arithmetic-2d-"], "name the task once"),
         (["fewshot", "{model}", "arithmetic-2d+", "--shots", "0,x"], "--shots must be comma-separated"),
         (["fewshot", "{model}", "arithmetic-2d+", "--shots", "51"], "51-shot needs 51 train examples"),
         (["fewshot", "{model}", "reversed-words"], "--words FILE"),
