@@ -155,7 +155,7 @@ def perplexity(
     start = prefix_token(tokenizer)
     requests = []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]  # long on purpose
         requests += sliding_windows([start, *ids], block_size, stride)
     if not requests:
         raise ValueError("nothing to score: the texts are empty")
