@@ -237,10 +237,8 @@ def add_eval_parser(commands) -> None:
     fewshot.add_argument("task", nargs="?", help="a task file (.jsonl) or a built-in task name")
     fewshot.add_argument("--task", dest="task_option", metavar="TASK", help="the same, as an option")
     fewshot.add_argument("--shots", default="0,1,5", help="comma-separated shot counts (default: 0,1,5)")
-    fewshot.add_argument("--seed", type=int, default=0, help="for drawing shots (and generating built-in tasks)")
     fewshot.add_argument("--limit", type=int, help="score only the first N test examples")
-    fewshot.add_argument("--words", help="text file to take the word tasks' words from")
-    fewshot.add_argument("--description", help="instruction shown once before the examples")
+    add_task_options(fewshot, seed_help="for drawing shots (and generating built-in tasks)")
     add_eval_options(fewshot, "JSON file for the results (default: fewshot-TASK.json)")
 
     export = kinds.add_parser(
@@ -251,10 +249,14 @@ def add_eval_parser(commands) -> None:
     )
     export.add_argument("task", help="a task file (.jsonl) or a built-in task name")
     export.add_argument("folder", help="folder for the YAML and its data")
-    export.add_argument("--seed", type=int, default=0, help="for generating built-in tasks")
-    export.add_argument("--words", help="text file to take the word tasks' words from")
-    export.add_argument("--description", help="instruction shown once before the examples")
+    add_task_options(export, seed_help="for generating built-in tasks")
     export.add_argument("--max-gen-toks", type=int, default=32, help="generation limit for completion tasks")
+
+
+def add_task_options(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--words", help="text file to take the word tasks' words from")
+    parser.add_argument("--description", help="instruction shown once before the examples")
 
 
 def add_eval_options(parser: argparse.ArgumentParser, output_help: str) -> None:

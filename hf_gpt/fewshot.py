@@ -13,11 +13,12 @@ lm-evaluation-harness do.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .tasks import jsonl_objects
 
 MULTIPLE_CHOICE, COMPLETION = "multiple_choice", "completion"
 
@@ -73,18 +74,9 @@ def read_task(path: str | Path, description: str = "") -> FewShotTask:
         raise FileNotFoundError(f"task file {path} does not exist")
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     kinds = set()
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            kinds.add(check_example(record, f"{path}:{number}"))
-            splits[record.get("split", "test")].append(record)
+    for where, record in jsonl_objects(path):
+        kinds.add(check_example(record, where))
+        splits[record.get("split", "test")].append(record)
     if len(kinds) > 1:
         raise ValueError(f"{path} mixes multiple-choice and completion examples; use one file per task")
     if not splits["test"]:

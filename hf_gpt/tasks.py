@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,14 +81,23 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
             return list(csv.DictReader(f))
     if path.suffix not in (".jsonl", ".json"):
         raise ValueError(f"task file {path} must be .jsonl (one JSON object per line) or .csv")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
+    return [record for _, record in jsonl_objects(path)]
+
+
+def jsonl_objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """("path:line", object) for each non-blank line; a line that is not a JSON object is a ValueError naming it."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
             try:
-                rows.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not JSON ({e.msg})") from None
-    return rows
+                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, record
 
 
 def task_examples(
