@@ -21,8 +21,9 @@ if python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)
     python benchmarks/generation_speed.py --fast --precision fp32 --batches 1
     python benchmarks/generation_speed.py --precision bf16 --static-compile
     python benchmarks/shakespeare_quality.py --max-steps 2000 --mixed-precision bf16 || true  # needs ../shared/data
-else
-    python benchmarks/training_step.py --steps 2 --rounds 1
-    python benchmarks/generation_speed.py --new-tokens 8 --rounds 1
-    python benchmarks/generation_speed.py --fast --new-tokens 8 --rounds 1
+else  # a dry run: its rows go to a scratch file, not RESULTS.md
+    dry="${TMPDIR:-/tmp}/gpu_run_dry_run.md"
+    python benchmarks/training_step.py --steps 2 --rounds 1 --results "$dry"
+    python benchmarks/generation_speed.py --new-tokens 8 --rounds 1 --results "$dry"
+    python benchmarks/generation_speed.py --fast --new-tokens 8 --rounds 1 --results "$dry"
 fi
