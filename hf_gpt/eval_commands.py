@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .evaluation import evaluate_task, perplexity, results_record, results_table
-from .fewshot import FewShotTask, read_task
+from .fewshot import FewShotTask, check_shots, read_task
 from .files import write_text_atomic
 from .generate import load_for_generation
 from .synthetic_tasks import DEFAULT_TEST_SIZE, DEFAULT_TRAIN_SIZE, TASK_NAMES, make_task
@@ -111,8 +111,7 @@ def eval_fewshot(
     """Score `task` at each shot count; prints a table and writes the results as JSON (default: next to cwd)."""
     loaded = load_fewshot_task(task, words_file=words_file, seed=seed, description=description)
     for count in shots:  # before loading the model: a task without enough train examples fails fast
-        if count > len(loaded.train):
-            raise ValueError(f"{count}-shot needs {count} train examples; task {loaded.name!r} has {len(loaded.train)}")
+        check_shots(loaded, count)
     lm, tokenizer = load_for_generation(model, trust_remote_code)
     options = {"seed": seed, "batch_size": batch_size, "limit": limit}
     results = [evaluate_task(lm, tokenizer, loaded, count, **options) for count in shots]

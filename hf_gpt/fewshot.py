@@ -100,9 +100,13 @@ def correct_answer(task: FewShotTask, record: dict[str, Any]) -> str:
 
 def choose_shots(task: FewShotTask, shots: int, seed: int, index: int) -> list[dict[str, Any]]:
     """`shots` train examples for test example `index`: a fresh draw per example, reproducible from the seed."""
+    check_shots(task, shots)
+    return random.Random(f"{seed}:{index}").sample(task.train, shots)
+
+
+def check_shots(task: FewShotTask, shots: int) -> None:
     if shots > len(task.train):
         raise ValueError(f"{shots}-shot needs {shots} train examples; task {task.name!r} has {len(task.train)}")
-    return random.Random(f"{seed}:{index}").sample(task.train, shots)
 
 
 def build_prompt(task: FewShotTask, record: dict[str, Any], shots: list[dict[str, Any]]) -> str:
