@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .evaluation import evaluate_task, perplexity, results_record, results_table
+from .evaluation import context_length, evaluate_task, perplexity, results_record, results_table
 from .fewshot import FewShotTask, check_shots, read_task
 from .files import write_text_atomic
 from .generate import load_for_generation
@@ -48,7 +48,7 @@ def eval_perplexity(
     """Perplexity of each file as one document; prints the figures and, with `output`, writes them as JSON."""
     texts = read_texts(files)
     lm, tokenizer = load_for_generation(model, trust_remote_code)
-    block_size = block_size or min(lm.config.max_position_embeddings, 1024)
+    block_size = block_size or min(context_length(lm), 1024)
     stride = stride or max(1, block_size // 2)
     result = perplexity(lm, tokenizer, texts, block_size=block_size, stride=stride, batch_size=batch_size)
     figures = result.as_dict()
