@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 from conftest import TEXT, seeded, tiny_config
+from hf_gpt.conversion.gpt2 import export_gpt2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +24,7 @@ from hf_gpt.evaluation import (
     sliding_windows,
 )
 from hf_gpt.fewshot import COMPLETION, MULTIPLE_CHOICE, FewShotTask, build_prompt, choose_shots, read_task
+from hf_gpt.generate import load_for_generation
 
 DOCUMENT = " ".join(TEXT[:5])
 
@@ -216,6 +218,17 @@ def test_cli_fewshot_on_a_task_file_and_a_builtin_task(model_dir, tmp_path, caps
     monkeypatch.chdir(tmp_path)
     assert main(["eval", "fewshot", str(model_dir), "--task", "arithmetic-2d+", "--shots", "1", "--limit", "3"]) == 0
     assert json.loads((tmp_path / "fewshot-arithmetic-2d+.json").read_text())["results"]["1-shot"]["examples"] == 3
+
+
+def test_any_causal_lm_folder_scores_alike(model_dir, model, tokenizer, tmp_path):
+    """The same weights as transformers' GPT2LMHeadModel (exported, no custom code) give the same figures."""
+    gpt2, gpt2_tokenizer = load_for_generation(export_gpt2(str(model_dir), str(tmp_path / "gpt2")))
+    assert type(gpt2).__name__ == "GPT2LMHeadModel"
+    ours = perplexity(model, tokenizer, [DOCUMENT], block_size=16, stride=4)
+    theirs = perplexity(gpt2, gpt2_tokenizer, [DOCUMENT], block_size=16, stride=4)
+    assert (theirs.tokens, theirs.nll) == (ours.tokens, pytest.approx(ours.nll, rel=1e-5))
+    task = multiple_choice(0)
+    assert evaluate_task(gpt2, gpt2_tokenizer, task, 2).metrics == evaluate_task(model, tokenizer, task, 2).metrics
 
 
 @pytest.mark.parametrize(
