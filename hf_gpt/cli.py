@@ -209,6 +209,16 @@ def add_generate_parser(commands) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="for models whose code is in their folder")
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def add_eval_parser(commands) -> None:
     evaluate = commands.add_parser("eval", help="perplexity and zero/one/few-shot scores of a causal LM")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True)
@@ -220,8 +230,15 @@ def add_eval_parser(commands) -> None:
     )
     ppl.add_argument("model", help="model folder or Hub name (any causal LM)")
     ppl.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files")
-    ppl.add_argument("--block-size", type=int, help="window length (default: the model's context, at most 1024)")
-    ppl.add_argument("--stride", type=int, help="new tokens per window, 1..block size (default: half the block)")
+    ppl.add_argument(
+        "--block-size",
+        type=positive_int,
+        help="tokens the model sees per window, so a token has up to this many before it "
+        "(default: the model's context, at most 1024)",
+    )
+    ppl.add_argument(
+        "--stride", type=positive_int, help="new tokens per window, 1..block size (default: half the block)"
+    )
     add_eval_options(ppl, "JSON file for the figures (default: print only)")
 
     fewshot = kinds.add_parser(
@@ -237,7 +254,7 @@ def add_eval_parser(commands) -> None:
     fewshot.add_argument("task", nargs="?", help="a task file (.jsonl) or a built-in task name")
     fewshot.add_argument("--task", dest="task_option", metavar="TASK", help="the same, as an option")
     fewshot.add_argument("--shots", default="0,1,5", help="comma-separated shot counts (default: 0,1,5)")
-    fewshot.add_argument("--limit", type=int, help="score only the first N test examples")
+    fewshot.add_argument("--limit", type=positive_int, help="score only the first N test examples")
     add_task_options(fewshot, seed_help="for drawing shots (and generating built-in tasks)")
     add_eval_options(fewshot, "JSON file for the results (default: fewshot-TASK.json)")
 
@@ -260,7 +277,7 @@ def add_task_options(parser: argparse.ArgumentParser, seed_help: str) -> None:
 
 
 def add_eval_options(parser: argparse.ArgumentParser, output_help: str) -> None:
-    parser.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass")
     parser.add_argument("--output", help=output_help)
     parser.add_argument("--trust-remote-code", action="store_true", help="for models whose code is in their folder")
 

@@ -23,12 +23,13 @@ ATTENTIONS = ("sdpa", "eager")  # sdpa: a fused kernel that keeps no a·s² tens
 TOKENS_PER_PARAMETER = 20  # Chinchilla's compute-optimal ratio (Hoffmann et al. 2022), the default budget
 SECONDS_PER_YEAR = 365 * 24 * 3600
 GIB = 2**30
+MAX_COUNT = 10**18  # far beyond any training run; keeps every product a finite float
 COUNT_SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 
 
 def count_parameters(model: torch.nn.Module, *, non_embedding: bool = False) -> int:
-    """Distinct parameters (tied weights once); `non_embedding` leaves out the position table, as
-    nanoGPT and the scaling-law papers do (the token table stays: it is also the output layer)."""
+    """Distinct parameters (tied weights once); `non_embedding` leaves out the position table, as nanoGPT
+    does (the token table stays: it is also the output layer; Kaplan et al. 2020 leave out both)."""
     total = sum(p.numel() for p in model.parameters())
     if non_embedding:
         total -= sum(m.weight.numel() for name, m in model.named_modules() if name.endswith("wpe"))
@@ -57,8 +58,10 @@ def parse_count(text: str, name: str = "count") -> int:
         value = Decimal(number) * scale
     except InvalidOperation:
         value = None
-    if value is None or not value.is_finite() or value <= 0 or value != value.to_integral_value():
-        raise ValueError(f"{name} must be a positive whole number such as 300e9, 300B, 1.5T or 2.5M, got {text!r}")
+    if value is None or not value.is_finite() or not 0 < value <= MAX_COUNT or value != value.to_integral_value():
+        raise ValueError(
+            f"{name} must be a positive whole number up to 1e18, such as 300e9, 300B, 1.5T or 2.5M; got {text!r}"
+        )
     return int(value)
 
 
@@ -160,8 +163,8 @@ class Estimate:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}")
-        if not self.gpu_tflops > 0:
-            raise ValueError(f"gpu_tflops must be > 0, got {self.gpu_tflops!r}")
+        if not 0 < self.gpu_tflops < math.inf:
+            raise ValueError(f"gpu_tflops must be a finite number > 0, got {self.gpu_tflops!r}")
         if not 0 < self.mfu <= 1:
             raise ValueError(f"mfu must be in (0, 1] (a share of the peak), got {self.mfu!r}")
         if self.price_per_hour is not None and not self.price_per_hour >= 0:

@@ -22,7 +22,7 @@ def read_texts(files: Sequence[str | os.PathLike]) -> list[str]:
         if not path.is_file():
             raise FileNotFoundError(f"text file {path} does not exist")
         try:
-            texts.append(path.read_text(encoding="utf-8"))
+            texts.append(path.read_bytes().decode("utf-8"))  # as on disk: CRLF counts two bytes
         except UnicodeDecodeError as e:
             raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     return texts
@@ -48,8 +48,8 @@ def eval_perplexity(
     """Perplexity of each file as one document; prints the figures and, with `output`, writes them as JSON."""
     texts = read_texts(files)
     lm, tokenizer = load_for_generation(model, trust_remote_code)
-    block_size = block_size or min(context_length(lm), 1024)
-    stride = stride or max(1, block_size // 2)
+    block_size = min(context_length(lm), 1024) if block_size is None else block_size
+    stride = max(1, block_size // 2) if stride is None else stride
     result = perplexity(lm, tokenizer, texts, block_size=block_size, stride=stride, batch_size=batch_size)
     figures = result.as_dict()
     print(f"{model}: {len(texts)} file(s), {result.tokens:,} tokens, block {block_size}, stride {stride}")
@@ -92,7 +92,7 @@ def parse_shots(text: str) -> list[int]:
         raise ValueError(f"--shots must be comma-separated counts such as 0,1,5; got {text!r}") from None
     if not shots or min(shots) < 0:
         raise ValueError(f"--shots must be counts >= 0, such as 0,1,5; got {text!r}")
-    return shots
+    return list(dict.fromkeys(shots))  # each count once
 
 
 def eval_fewshot(
@@ -108,7 +108,8 @@ def eval_fewshot(
     output: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Score `task` at each shot count; prints a table and writes the results as JSON (default: next to cwd)."""
+    """Score `task` at each shot count; prints a table and writes the results as JSON (default: fewshot-TASK.json
+    in the current directory)."""
     loaded = load_fewshot_task(task, words_file=words_file, seed=seed, description=description)
     for count in shots:  # before loading the model: a task without enough train examples fails fast
         check_shots(loaded, count)

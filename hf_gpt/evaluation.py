@@ -4,7 +4,9 @@ Everything reduces to one primitive, `score`: run a token sequence through the m
 probabilities of its last few tokens (and note whether each was the model's top choice). Perplexity
 windows and answer log-likelihoods are both such requests, batched longest first. Tokenization of
 context + answer follows lm-evaluation-harness (encode the whole, split where the context ends; a
-trailing space moves to the answer), so the two tools give the same numbers for the same prompts.
+trailing space moves to the answer; documents start after the bos token, else eos), so the two tools
+give the same numbers for the same prompts, with tokenizers that add no special tokens of their own
+(GPT-2's and ours: texts are encoded without them here).
 """
 
 from __future__ import annotations
@@ -37,15 +39,16 @@ class Score:
 
 
 def context_length(model: PreTrainedModel) -> int:
-    length = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    if not length:
-        raise ValueError("the model's config names no context length (max_position_embeddings); pass block_size")
-    return length
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if length := getattr(model.config, name, None):
+            return length
+    raise ValueError("the model's config names no context length (max_position_embeddings, n_positions or n_ctx)")
 
 
 def prefix_token(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The token a document starts after (GPT-2's <|endoftext|>), so that its first token is scored too."""
-    token = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.bos_token_id
+    """The token a document starts after (bos, else eos: GPT-2's <|endoftext|> is both), so that its first
+    token is scored too; lm-evaluation-harness picks the same."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if token is None:
         raise ValueError("the tokenizer has neither an eos nor a bos token to start documents with")
     return token
@@ -148,10 +151,10 @@ def perplexity(
 
     block_size defaults to the model's context; stride (new tokens per window) to half of it.
     """
-    block_size = block_size or context_length(model)
+    block_size = context_length(model) if block_size is None else block_size
     if block_size > context_length(model):
         raise ValueError(f"block_size {block_size} exceeds the model's context of {context_length(model)} tokens")
-    stride = stride or max(1, block_size // 2)
+    stride = max(1, block_size // 2) if stride is None else stride
     start = prefix_token(tokenizer)
     requests = []
     for text in texts:
@@ -191,7 +194,10 @@ def answer_requests(
     for context, answer in pairs:
         context_ids, answer_ids = encode_pair(tokenizer, context, answer)
         if not answer_ids:
-            raise ValueError(f"the answer {answer!r} encodes to no tokens")
+            raise ValueError(
+                f"the answer {answer!r} adds no token of its own after the context {context[-30:]!r}: its text "
+                "merges into the context's last token; end the context on a word boundary"
+            )
         if len(answer_ids) > block_size:
             raise ValueError(f"the answer {answer[:40]!r} is {len(answer_ids)} tokens, more than the block")
         requests.append(ScoreRequest((context_ids + answer_ids)[-(block_size + 1) :], len(answer_ids)))
@@ -222,6 +228,8 @@ def greedy_completions(
     desc: str = "generating",
 ) -> list[str]:
     """Greedy continuations, cut at the first stop string; prompts are left-padded and left-truncated."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     room = context_length(model) - max_new_tokens
     if room < 1:
         raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's context")
@@ -283,7 +291,9 @@ def evaluate_task(
     (acc_norm, lm-evaluation-harness's length normalisation), and per token (acc_token_norm, the GPT-3
     paper's). Completion: greedy generation up to a newline, compared with the target (exact_match).
     """
-    examples = task.test[:limit] if limit else task.test
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (or None for every test example), got {limit}")
+    examples = task.test[:limit]
     prompts = [build_prompt(task, record, choose_shots(task, shots, seed, i)) for i, record in enumerate(examples)]
     desc = f"{task.name} {shots}-shot"
     if task.kind == MULTIPLE_CHOICE:
@@ -313,7 +323,7 @@ def evaluate_task(
             batch_size=batch_size,
             desc=desc,
         )
-        right = sum(c.strip() == r["target"].strip() for c, r in zip(completions, examples, strict=True))
+        right = sum(c.strip() == r["target"] for c, r in zip(completions, examples, strict=True))
         metrics = {"exact_match": right / len(examples)}
     else:
         raise ValueError(f"unknown task kind {task.kind!r}")

@@ -55,12 +55,17 @@ def check_example(record: dict[str, Any], where: str) -> str:
         choices, answer = record["choices"], record["answer"]
         if not isinstance(record["context"], str):
             raise ValueError(f"{where}: context must be a string")
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-            raise ValueError(f"{where}: choices must be a list of at least two strings")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+            raise ValueError(f"{where}: choices must be a list of at least two non-empty strings")
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices):
             raise ValueError(f"{where}: answer must be an index into choices, 0..{len(choices) - 1}; got {answer!r}")
-    elif not isinstance(record["prompt"], str) or not isinstance(record["target"], str) or not record["target"]:
-        raise ValueError(f"{where}: prompt must be a string and target a non-empty string")
+    elif not isinstance(record["prompt"], str) or not isinstance(record["target"], str) or not record["target"].strip():
+        raise ValueError(f"{where}: prompt must be a string and target a non-blank string")
+    elif record["target"] != record["target"].strip():
+        raise ValueError(
+            f"{where}: target {record['target']!r} has surrounding whitespace; a generated answer is compared "
+            "stripped, and the space before an answer is the task's target delimiter"
+        )
     split = record.get("split", "test")
     if split not in ("train", "test"):
         raise ValueError(f"{where}: split must be 'train' or 'test', got {split!r}")

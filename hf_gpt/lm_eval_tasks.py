@@ -7,8 +7,9 @@
 The YAML states the same prompt as `hf_gpt.fewshot` builds (description, example separator, target
 delimiter), so lm-eval's 0-shot scores equal `hf-gpt eval fewshot`'s for the same model: multiple choice
 as `multiple_choice` (acc, acc_norm), completion as `generate_until` (greedy up to a newline, exact_match
-after stripping leading whitespace). With shots, lm-eval draws its own examples, so k-shot figures differ
-by the draw.
+after stripping whitespace). With shots, lm-eval draws its own examples, so k-shot figures differ by the
+draw. lm-eval reads a target that looks like a Python list ("[1, 2]") as a list; such completion targets
+do not carry over.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ def task_config(task: FewShotTask, name: str, data_files: dict[str, str], max_ge
     }
     if "train" in data_files:
         config |= {"training_split": "train", "fewshot_split": "train"}
-    if task.description:
-        config["description"] = task.description + task.example_separator
+    if task.description:  # lm-eval renders the description with Jinja: keep braces in it literal
+        config["description"] = "{% raw %}" + task.description + task.example_separator + "{% endraw %}"
     if task.kind == MULTIPLE_CHOICE:
         config |= {
             "output_type": "multiple_choice",

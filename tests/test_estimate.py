@@ -103,7 +103,7 @@ def test_parse_count(text):
     assert parse_count(text) == COUNTS[text]
 
 
-@pytest.mark.parametrize("text", ["", "-5", "0", "1.5", "12x", "nan", "inf", "B"])
+@pytest.mark.parametrize("text", ["", "-5", "0", "1.5", "12x", "nan", "inf", "B", "1e400", "2e18"])
 def test_parse_count_rejects_bad_counts(text):
     with pytest.raises(ValueError, match="positive whole number"):
         parse_count(text, "--tokens")
@@ -118,7 +118,8 @@ def test_parse_count_rejects_bad_counts(text):
         ({"gpus": 0}, "gpus must be"),
         ({"seq_len": 5000}, "seq_len must be in"),
         ({"precision": "fp8"}, "precision must be one of"),
-        ({"gpu_tflops": 0}, "gpu_tflops must be > 0"),
+        ({"gpu_tflops": 0}, "gpu_tflops must be a finite number > 0"),
+        ({"gpu_tflops": float("inf")}, "gpu_tflops must be a finite number > 0"),
     ],
 )
 def test_estimate_rejects_bad_options(options, message):

@@ -184,8 +184,10 @@ def write_lines(path, records) -> str:
         (["{not json"], r"t.jsonl:1: not valid JSON"),
         ([{"context": "a", "choices": ["x", "y"]}], r"t.jsonl:1: an example needs context \+ choices \+ answer"),
         ([{"context": "a", "choices": ["x", "y"], "answer": 2}], r"t.jsonl:1: answer must be an index"),
-        ([{"context": "a", "choices": ["x"], "answer": 0}], "choices must be a list of at least two strings"),
-        ([{"prompt": "a", "target": ""}], "target a non-empty string"),
+        ([{"context": "a", "choices": ["x"], "answer": 0}], "choices must be a list of at least two non-empty"),
+        ([{"context": "a", "choices": ["x", ""], "answer": 0}], "choices must be a list of at least two non-empty"),
+        ([{"prompt": "a", "target": " "}], "target a non-blank string"),
+        ([{"prompt": "a", "target": " 124"}], "has surrounding whitespace"),
         ([{"prompt": "a", "target": "b", "split": "dev"}], "split must be 'train' or 'test'"),
         ([{"prompt": "a", "target": "b", "split": "train"}], "has no test examples"),
         ([{"prompt": "a", "target": "b"}, {"context": "a", "choices": ["x", "y"], "answer": 0}], "mixes"),
@@ -242,6 +244,7 @@ def test_any_causal_lm_folder_scores_alike(model_dir, model, tokenizer, tmp_path
         (["fewshot", "{model}", "reversed-words"], "--words FILE"),
         (["perplexity", "{model}", "missing.txt"], "missing.txt does not exist"),
         (["perplexity", "{model}", "{text}", "--stride", "99", "--block-size", "8"], "stride must be in"),
+        (["perplexity", "{model}", "{text}", "--block-size", "99"], "exceeds the model's context of 64"),
     ],
 )
 def test_cli_bad_input_is_named(model_dir, tmp_path, capsys, arguments, message):
@@ -298,3 +301,27 @@ def test_accuracy_rises_with_shots_on_a_model_trained_for_it(tmp_path):
             accuracy[shots].append(evaluate_task(model, tokenizer, task, shots, seed=1).metrics["acc"])
     assert sum(accuracy[0]) == pytest.approx(1.0)  # zero-shot: one guess per key, right for one task only
     assert min(accuracy[1]) >= 0.9 and min(accuracy[3]) >= 0.9, accuracy
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--limit"])
+@pytest.mark.parametrize("value", ["0", "-1", "x"])
+def test_cli_counts_must_be_positive(model_dir, capsys, option, value):
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "fewshot", str(model_dir), "arithmetic-2d+", option, value])
+    assert exit_.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+
+
+def test_an_answer_merging_into_its_context_is_named(model, tokenizer):
+    context = "The quick brown fo"  # "x" completes the word "fox": it adds no token of its own
+    assert len(tokenizer(context + "x")["input_ids"]) == len(tokenizer(context)["input_ids"])  # " fox" is one token
+    with pytest.raises(ValueError, match="merges into the context's last token"):
+        log_likelihoods(model, tokenizer, [(context, "x")])
+
+
+def test_perplexity_counts_the_bytes_on_disk(tmp_path):
+    from hf_gpt.eval_commands import read_texts
+
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(b"one line\r\nanother line\r\n")
+    (text,) = read_texts([crlf])
+    assert len(text.encode()) == crlf.stat().st_size

@@ -12,7 +12,7 @@ from conftest import TEXT, seeded, tiny_config
 
 from hf_gpt import HfGptForCausalLM
 from hf_gpt.evaluation import evaluate_task, greedy_completions, log_likelihoods, perplexity
-from hf_gpt.fewshot import COMPLETION, MULTIPLE_CHOICE, FewShotTask
+from hf_gpt.fewshot import COMPLETION, MULTIPLE_CHOICE, FewShotTask, build_prompt
 from hf_gpt.lm_eval_tasks import export_lm_eval_task
 
 pytestmark = pytest.mark.lm_eval
@@ -46,7 +46,8 @@ def harness_run(tmp_path_factory, tokenizer):
     tokenizer.save_pretrained(root / "model")
 
     tasks = root / "tasks"
-    multiple_choice = FewShotTask("choices", MULTIPLE_CHOICE, test=MC, train=MC)
+    # A description with braces: lm-eval renders it with Jinja, the export must keep them literal.
+    multiple_choice = FewShotTask("choices", MULTIPLE_CHOICE, test=MC, train=MC, description="Pick {{ one }}:")
     prompts = ["The quick brown", "It was the", "A language model"]
     outputs = greedy_completions(model, tokenizer, prompts, max_new_tokens=8)
     targets = [outputs[0].strip(), "not this", outputs[2].strip()]  # two right, one wrong
@@ -84,7 +85,8 @@ def test_multiple_choice_scores_match(harness_run, tokenizer):
     assert theirs["acc_norm,none"] == pytest.approx(ours["acc_norm"])
     for sample in sorted(harness_run["samples"]["hfgpt_choices"], key=lambda s: s["doc_id"]):
         pairs = [(a["arg_0"], a["arg_1"]) for a in sample["arguments"].values()]
-        assert pairs == [(sample["doc"]["context"], " " + c) for c in sample["doc"]["choices"]]  # the same prompts
+        prompt = build_prompt(task, sample["doc"], [])
+        assert pairs == [(prompt, " " + c) for c in sample["doc"]["choices"]]  # the same prompts
         scores = [float(r[0][0]) for r in sample["resps"]]
         assert scores == pytest.approx([s.log_likelihood for s in log_likelihoods(model, tokenizer, pairs)], abs=1e-4)
 
