@@ -6,17 +6,17 @@ shapes never change and inductor accepts its in-place cache writes: it skips CUD
 cudagraphs due to mutated inputs") when the mutated cache tensors are ordinary graph inputs, and accepts
 them when they are buffers of the compiled module (static addresses), as in gpt-fast. So `StaticDecoder`
 holds each layer's keys and values as registered buffers of shape (batch, heads, max_length, head_dim), and
-attends over the whole cache under a boolean mask, with the column being written passed as a device tensor:
-one graph serves every step.
+attends over the whole cache under a mask, with the column being written passed as a device tensor: one
+graph serves every step.
 
 Why an explicit step rather than `model(..., cache=StaticCache(...), logits_to_keep=1)`: that forward
 compiles whole too (tests/test_modeling.py), but its cache is a transformers object, allocated lazily on
 its first update and passed under an argument name that changed between the versions we support (5.17,
-5.24), and each step would rebuild its masks through transformers' mask builders. The explicit step is a
-few lines over the model's own modules (no weights copied), owns its mask (causal, left padding, GPT-3's
-local band) and keeps the cache in this module's buffers; the tests check it gives generate()'s tokens.
-It always uses SDPA, whatever the model's `attn_implementation`. The loop is ours as well: generate()'s
-per-step Python (logits processors, stopping criteria) is what a CUDA graph cannot remove.
+5.24), and each step would rebuild its masks through transformers' mask builders. The step here runs the
+model's own blocks (no weights copied, no block code repeated) with a small cache object that writes into
+this module's buffers, and owns its mask (causal, left padding, GPT-3's local band); the tests check it
+gives generate()'s tokens. The loop is ours as well: generate()'s per-step Python (logits processors,
+stopping criteria) is what a CUDA graph cannot remove.
 
     decoder = StaticDecoder(model, batch_size=1, max_length=288, compile=True)
     tokens = decoder.generate(input_ids, max_new_tokens=256)     # == model.generate(..., do_sample=False)
@@ -26,13 +26,23 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .modeling_hf_gpt import HfGptForCausalLM, first_out_of_range
 
 # Early stopping reads "have all rows finished?" back from the device; doing it every step would stall
 # the launch queue that CUDA graphs keep full, so it is read only once every this many steps.
 STOP_CHECK_EVERY = 16
+
+
+class ColumnCache:
+    """The one thing HfGptAttention asks of a cache, `update`, over the decoder's buffers: this step's keys
+    and values go to `columns`, and attention reads the whole fixed-length cache back."""
+
+    def __init__(self, layers: nn.ModuleList, columns: torch.Tensor):
+        self.layers, self.columns = layers, columns
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int):
+        return self.layers[layer_idx].write(self.columns, keys, values)
 
 
 class LayerCache(nn.Module):
@@ -51,8 +61,9 @@ class LayerCache(nn.Module):
         return self.keys, self.values
 
 
-def visible_slots(columns, starts, cache_length: int, window: int | None) -> torch.Tensor:
-    """(batch, 1, len(columns), cache_length) mask: which cache slots each new token may attend to.
+def visible_slots(columns, starts, cache_length: int, window: int | None, dtype: torch.dtype) -> torch.Tensor:
+    """(batch, 1, len(columns), cache_length) additive mask (0 where visible, the dtype's minimum elsewhere,
+    as the model's attention functions take it): which cache slots each new token may attend to.
 
     A token at column c sees the real (not left-padding) slots up to c, and within `window` of c on
     "local" layers; it always sees its own slot, so a padding token's attention is never empty (SDPA
@@ -63,7 +74,9 @@ def visible_slots(columns, starts, cache_length: int, window: int | None) -> tor
     visible = ((slots <= here) & (slots >= starts[:, None, None])) | (slots == here)
     if window is not None:
         visible = visible & (here - slots < window)
-    return visible[:, None]
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
+        ~visible, torch.finfo(dtype).min
+    )[:, None]
 
 
 class StaticDecoder(nn.Module):
@@ -79,6 +92,11 @@ class StaticDecoder(nn.Module):
         if not isinstance(model, HfGptForCausalLM):
             raise ValueError(f"StaticDecoder needs an HfGptForCausalLM, got {type(model).__name__}")
         config = model.config
+        if config._attn_implementation not in ("eager", "sdpa"):
+            raise ValueError(
+                f"StaticDecoder attends under a mask over the whole cache, which eager and sdpa attention take; "
+                f"this model uses {config._attn_implementation!r} (load it with attn_implementation='sdpa')"
+            )
         for name, value in (("batch_size", batch_size), ("max_length", max_length)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -88,14 +106,13 @@ class StaticDecoder(nn.Module):
             )
         self.model = model
         self.batch_size, self.max_length = batch_size, max_length
-        self.num_heads = config.num_attention_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
         self.windows = [config.local_window if kind == "local" else None for kind in config.attention_layers]
         weight = model.lm_head.weight
         # SDPA's memory-efficient kernel wants the mask's last dimension a multiple of 16 (else it pads a
         # copy every call); the extra slots are never visible.
         self.cache_length = -(-max_length // 16) * 16
-        shape = (batch_size, self.num_heads, self.cache_length, self.head_dim)
+        heads = config.num_attention_heads
+        shape = (batch_size, heads, self.cache_length, config.hidden_size // heads)
         self.caches = nn.ModuleList(LayerCache(shape, weight.dtype, weight.device) for _ in self.windows)
         # Per row, the first column that holds a real token (left padding fills the columns before it).
         self.register_buffer(
@@ -115,34 +132,19 @@ class StaticDecoder(nn.Module):
     def step(self, tokens: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """Run (batch, len(columns)) tokens at cache `columns`, filling their slots; the last token's logits.
 
-        The prefill passes the prompt's columns, a decoding step one column: a device tensor, so its
-        value changes without changing the compiled graph.
+        The model's own blocks do the work, with a cache that writes into this module's buffers and a mask
+        over the whole cache. The prefill passes the prompt's columns, a decoding step one column: a device
+        tensor, so its value changes without changing the compiled graph.
         """
         transformer = self.model.transformer
         positions = (columns[None, :] - self.starts[:, None]).clamp(min=0)  # padding skipped, as generate() does
         hidden = transformer.wte(tokens) + transformer.wpe(positions)
-        masks = {window: visible_slots(columns, self.starts, self.cache_length, window) for window in set(self.windows)}
-        for block, cache, window in zip(transformer.h, self.caches, self.windows, strict=True):
-            if block.pre_norm:
-                hidden = hidden + self.attend(block.attn, cache, block.ln_1(hidden), columns, masks[window])
-                hidden = hidden + self.mlp(block.mlp, block.ln_2(hidden))
-            else:  # GPT-1: LayerNorm after each residual add
-                hidden = block.ln_1(hidden + self.attend(block.attn, cache, hidden, columns, masks[window]))
-                hidden = block.ln_2(hidden + self.mlp(block.mlp, hidden))
+        dtype = hidden.dtype
+        masks = {w: visible_slots(columns, self.starts, self.cache_length, w, dtype) for w in set(self.windows)}
+        cache = ColumnCache(self.caches, columns)
+        for block, window in zip(transformer.h, self.windows, strict=True):
+            hidden, _ = block(hidden, masks[window], cache=cache)
         return self.model.lm_head(transformer.ln_f(hidden[:, -1]))
-
-    def attend(self, attn, cache: LayerCache, hidden, columns, mask) -> torch.Tensor:
-        """The attention sublayer (no dropout: decoding is inference) over the whole fixed-length cache."""
-        batch, length, _ = hidden.shape
-        qkv = attn.c_attn(hidden).view(batch, length, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        keys, values = cache.write(columns, key, value)
-        output = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=attn.scaling)
-        return attn.c_proj(output.transpose(1, 2).reshape(batch, length, -1))
-
-    @staticmethod
-    def mlp(mlp, hidden) -> torch.Tensor:
-        return mlp.c_proj(mlp.act(mlp.c_fc(hidden)))
 
     @torch.no_grad()
     def generate(

@@ -43,6 +43,12 @@ def test_greedy_tokens_equal_generate(model, batch):
     assert all(len(set(row.tolist())) >= 8 for row in ours[:, 6:])  # the models do not just repeat a token
 
 
+def test_eager_attention_decodes_alike(preset):
+    model = seeded(HfGptForCausalLM, tiny_config(preset, pad_token_id=PAD), attn_implementation="eager")
+    ids = prompts(model.config, 2)
+    assert torch.equal(StaticDecoder(model, 2, max_length=6 + NEW).generate(ids, NEW), reference(model, ids))
+
+
 def test_one_decoder_serves_prompts_of_any_length(model):
     decoder = StaticDecoder(model, 2, max_length=64)
     for length in (9, 3, 6):  # a shorter prompt after a longer one: stale cache slots must stay hidden
@@ -126,6 +132,9 @@ def test_refuses_what_it_cannot_decode():
     model = seeded(HfGptForCausalLM, config)
     with pytest.raises(ValueError, match="needs an HfGptForCausalLM"):
         StaticDecoder(seeded(HfGptForSequenceClassification, config), 1, 16)
+    flex = seeded(HfGptForCausalLM, config, attn_implementation="flex_attention")
+    with pytest.raises(ValueError, match="this model uses 'flex_attention'"):
+        StaticDecoder(flex, 1, 16)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         StaticDecoder(model, 0, 16)
     with pytest.raises(ValueError, match="max_length=129 exceeds the model's max_position_embeddings=128"):
