@@ -116,13 +116,14 @@ def main() -> int:
         # Warm-up: kernels and allocation; compiled models run the whole generation once, so that every
         # graph they need (prefill and decoding) is compiled before the clock starts.
         short = {**options, "max_new_tokens": 4, "min_new_tokens": 4}
+        working = []
         for name, generate in generates.items():
             compiled = args.static_compile or (args.fast and name == "hf_gpt")
             try:
                 timed_generate(generate, prompt, options if compiled else short, device)
+                working.append(name)
             except Exception as e:  # the reference's static-cache path has crashed on CUDA: report, don't hide
                 notes.append(f"{name} batch {batch_size} failed: {type(e).__name__}: {str(e)[:200]}")
-        working = [name for name in models if not any(n.startswith(f"{name} batch {batch_size}") for n in notes)]
         for _ in range(args.rounds):  # the models alternate, so drifting machine load hits both alike
             for name in working:
                 outputs[name], spent = timed_generate(generates[name], prompt, options, device)

@@ -191,8 +191,9 @@ def prepare_data(
     with atomic_directory(output_dir, overwrite, marker=MANIFEST, protected=protected + inputs_inside) as staging:
         with open(staging / "train.bin", "wb") as train, open(staging / "val.bin", "wb") as val:
             files = {"train": train, "val": val}
+            tokenizer_json = backend_of(tokenizer).to_str()  # serialised once, shipped to every worker
             for source, description in zip(corpora, ["encoding", "encoding validation"], strict=False):
-                encoded = encode_pieces(source.pieces(description), backend_of(tokenizer).to_str(), dtype, workers)
+                encoded = encode_pieces(source.pieces(description), tokenizer_json, dtype, workers)
                 for piece, ids in encoded:
                     if piece.ends_document:
                         ids = np.concatenate([ids, end])

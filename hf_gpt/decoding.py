@@ -74,9 +74,9 @@ def visible_slots(columns, starts, cache_length: int, window: int | None, dtype:
     visible = ((slots <= here) & (slots >= starts[:, None, None])) | (slots == here)
     if window is not None:
         visible = visible & (here - slots < window)
-    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(
-        ~visible, torch.finfo(dtype).min
-    )[:, None]
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill(~visible, torch.finfo(dtype).min)[
+        :, None
+    ]
 
 
 class StaticDecoder(nn.Module):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .evaluation import context_length, evaluate_task, perplexity, results_record, results_table
+from .evaluation import evaluate_task, perplexity, results_record, results_table
 from .fewshot import FewShotTask, check_shots, read_task
 from .files import write_text_atomic
 from .generate import load_for_generation
@@ -48,18 +48,16 @@ def eval_perplexity(
     """Perplexity of each file as one document; prints the figures and, with `output`, writes them as JSON."""
     texts = read_texts(files)
     lm, tokenizer = load_for_generation(model, trust_remote_code)
-    block_size = min(context_length(lm), 1024) if block_size is None else block_size
-    stride = max(1, block_size // 2) if stride is None else stride
     result = perplexity(lm, tokenizer, texts, block_size=block_size, stride=stride, batch_size=batch_size)
     figures = result.as_dict()
-    print(f"{model}: {len(texts)} file(s), {result.tokens:,} tokens, block {block_size}, stride {stride}")
+    print(f"{model}: {len(texts)} file(s), {result.tokens:,} tokens, block {result.block_size}, stride {result.stride}")
     print(
         f"loss {result.loss:.4f} nats/token, perplexity {result.perplexity:.3f}, "
         f"{result.bits_per_byte:.4f} bits/byte, {result.nats_per_char:.4f} nats/char"
     )
     if output:
-        record = {"model": str(model), "files": [str(f) for f in files], "block_size": block_size, "stride": stride}
-        print(f"results written to {write_json(output, {**record, **figures})}")
+        record = {"model": str(model), "files": [str(f) for f in files], **figures}
+        print(f"results written to {write_json(output, record)}")
     return figures
 
 

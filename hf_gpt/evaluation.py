@@ -45,6 +45,18 @@ def context_length(model: PreTrainedModel) -> int:
     raise ValueError("the model's config names no context length (max_position_embeddings, n_positions or n_ctx)")
 
 
+def padded(sequences: Sequence[list[int]], pad: int, *, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of the sequences padded to one length, on the left (for generation) or right."""
+    width = max(len(ids) for ids in sequences)
+    inputs = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        where = slice(width - len(ids), None) if left else slice(0, len(ids))
+        inputs[row, where] = torch.tensor(ids)
+        mask[row, where] = 1
+    return inputs, mask
+
+
 def prefix_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """The token a document starts after (bos, else eos: GPT-2's <|endoftext|> is both), so that its first
     token is scored too; lm-evaluation-harness picks the same."""
@@ -67,22 +79,21 @@ def score(
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i].tokens))
     results: list[Score | None] = [None] * len(requests)
     device = model.device
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-        batch = [requests[i] for i in order[start : start + batch_size]]
-        width = max(len(r.tokens) for r in batch) - 1
-        inputs = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for row, request in enumerate(batch):  # right padding: causal attention never sees it
-            inputs[row, : len(request.tokens) - 1] = torch.tensor(request.tokens[:-1])
-            mask[row, : len(request.tokens) - 1] = 1
+    for first in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        batch = [requests[i] for i in order[first : first + batch_size]]
+        # Right padding: causal attention never lets a real token see it.
+        inputs, mask = padded([r.tokens[:-1] for r in batch], 0, left=False)
         logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        sums, greedy = [], []
         for row, request in enumerate(batch):
             end = len(request.tokens) - 1
             log_probs = logits[row, end - request.scored : end].float().log_softmax(-1)
             targets = torch.tensor(request.tokens[-request.scored :], device=log_probs.device)
-            picked = log_probs.gather(-1, targets[:, None]).squeeze(-1)
-            greedy = bool((log_probs.argmax(-1) == targets).all())
-            results[order[start + row]] = Score(picked.sum().item(), greedy, request.scored)
+            sums.append(log_probs.gather(-1, targets[:, None]).sum())
+            greedy.append((log_probs.argmax(-1) == targets).all())
+        # One read back from the device per batch, not two per request.
+        for row, (total, top) in enumerate(zip(torch.stack(sums).tolist(), torch.stack(greedy).tolist(), strict=True)):
+            results[order[first + row]] = Score(total, top, batch[row].scored)
     return results
 
 
@@ -95,6 +106,8 @@ class Perplexity:
     tokens: int
     bytes: int  # UTF-8 bytes of the texts
     chars: int
+    block_size: int
+    stride: int
 
     @property
     def loss(self) -> float:
@@ -113,7 +126,8 @@ class Perplexity:
         return self.nll / self.chars
 
     def as_dict(self) -> dict[str, float]:
-        fields = ("loss", "perplexity", "bits_per_byte", "nats_per_char", "tokens", "bytes", "chars", "nll")
+        fields = ("loss", "perplexity", "bits_per_byte", "nats_per_char", "tokens", "bytes", "chars", "nll",
+                  "block_size", "stride")  # fmt: skip
         return {name: getattr(self, name) for name in fields}
 
 
@@ -149,9 +163,10 @@ def perplexity(
 ) -> Perplexity:
     """Perplexity of `texts` (each a document, started after the prefix token) by strided sliding windows.
 
-    block_size defaults to the model's context; stride (new tokens per window) to half of it.
+    block_size defaults to the model's context, at most 1024 tokens (the cost of a window grows with its
+    square); stride (new tokens per window) to half the block.
     """
-    block_size = context_length(model) if block_size is None else block_size
+    block_size = min(context_length(model), 1024) if block_size is None else block_size
     if block_size > context_length(model):
         raise ValueError(f"block_size {block_size} exceeds the model's context of {context_length(model)} tokens")
     stride = max(1, block_size // 2) if stride is None else stride
@@ -168,6 +183,8 @@ def perplexity(
         tokens=sum(s.tokens for s in scores),
         bytes=sum(len(text.encode("utf-8")) for text in texts),
         chars=sum(len(text) for text in texts),
+        block_size=block_size,
+        stride=stride,
     )
 
 
@@ -234,18 +251,14 @@ def greedy_completions(
     if room < 1:
         raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's context")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else prefix_token(tokenizer)
-    start = prefix_token(tokenizer)
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"][-room:] or [start] for p in prompts]
+    empty = [prefix_token(tokenizer)]  # an empty prompt starts a document
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"][-room:] or empty for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
-        rows = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
-        inputs = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for row, index in enumerate(rows):
-            inputs[row, width - len(encoded[index]) :] = torch.tensor(encoded[index])
-            mask[row, width - len(encoded[index]) :] = 1
+    for first in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", leave=False):
+        rows = order[first : first + batch_size]
+        inputs, mask = padded([encoded[i] for i in rows], pad, left=True)
+        width = inputs.shape[1]
         generated = model.generate(
             inputs.to(model.device),
             attention_mask=mask.to(model.device),
@@ -313,7 +326,9 @@ def evaluate_task(
                 hits[metric] += max(range(len(values)), key=values.__getitem__) == record["answer"]
         metrics = {name: count / len(examples) for name, count in hits.items()}
     elif task.kind == COMPLETION:
-        longest = max(len(tokenizer(task.target_delimiter + r["target"])["input_ids"]) for r in examples)
+        longest = max(
+            len(tokenizer(task.target_delimiter + r["target"], add_special_tokens=False)["input_ids"]) for r in examples
+        )
         completions = greedy_completions(
             model,
             tokenizer,

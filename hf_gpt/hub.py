@@ -12,14 +12,12 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 
 from .cards import render_card
 from .configuration_hf_gpt import HfGptConfig
-from .estimate import count_parameters
-from .modeling_hf_gpt import HfGptForCausalLM
+from .estimate import parameter_counts
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -52,8 +50,7 @@ def card_bytes(folder: Path, repo_id: str, license: str | None, language: str | 
         card.text = card.text.replace(str(folder), repo_id)
     else:
         config = HfGptConfig.from_pretrained(folder)
-        with torch.device("meta"):  # counts parameters without allocating them
-            parameters = count_parameters(HfGptForCausalLM(config))
+        parameters, _ = parameter_counts(config)
         name = repo_id.split("/")[-1]
         card = render_card(config, parameters, model_name=name, summary="A GPT made with hf_gpt.", model_path=repo_id)
     base = card.data.base_model

@@ -67,10 +67,6 @@ def add_task_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBa
     return tokenizer
 
 
-def has_task_tokens(tokenizer: PreTrainedTokenizerBase) -> bool:
-    return all(token in tokenizer.get_vocab() for token in (START, DELIMITER, EXTRACT))
-
-
 def read_records(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a JSONL (one object per line) or CSV (with a header) file."""
     path = Path(path)

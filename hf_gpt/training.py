@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from transformers import GenerationConfig
 from .cards import render_card, write_card
 from .checkpoints import latest_checkpoint, remove_unfinished, save_checkpoint
 from .configuration_hf_gpt import HfGptConfig
+from .data import available_cores
 from .estimate import count_parameters, flops_per_token
 from .files import atomic_directory
 from .interrupts import StopRequest
@@ -376,7 +376,7 @@ def sampling_defaults(config: HfGptConfig) -> GenerationConfig:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type} ({os.cpu_count()} cores)" if device.type == "cpu" else device.type
+    return f"{device.type} ({available_cores()} cores)" if device.type == "cpu" else device.type
 
 
 def pretrain(args: PretrainArguments | None = None, **kwargs) -> Path:
