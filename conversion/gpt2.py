@@ -19,11 +19,10 @@ from hf_gpt.converting import (
     check_same_logits,
     largest_difference,
     load_exactly,
+    load_reference,
     model_folder,
     read_config,
-    read_weights,
     run_converter,
-    strip_prefix,
     transpose_projections,
     write_converted,
 )
@@ -51,15 +50,12 @@ def import_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer
     values = {name: config[name] for name in SHARED_FIELDS if name in config}
     values.update({name: config.get(name) for name in ("bos_token_id", "eos_token_id")})  # absent means none
     ours = HfGptForCausalLM(HfGptConfig(**values)).eval()
-    # GPT2Model folders have no "transformer." prefix; old checkpoints carry attention-mask buffers.
-    weights = strip_prefix(read_weights(folder), "transformer.")
-    weights = {k if k.startswith("lm_head.") else f"transformer.{k}": v for k, v in weights.items()
-               if not k.endswith((".attn.bias", ".attn.masked_bias"))}  # fmt: skip
+    # Loaded once, by transformers: it reads every checkpoint layout (GPT2Model folders, old mask buffers too).
+    reference = load_reference(GPT2LMHeadModel, folder, source, attn_implementation="eager")
+    weights = reference.state_dict()
     if ours.config.tie_word_embeddings:
         weights.pop("lm_head.weight", None)
     load_exactly(ours, transpose_projections(weights), source)
-
-    reference = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").float().eval()
     difference = largest_difference(lambda x: ours(x).logits, lambda x: reference(x).logits,
                                     ours.config.vocab_size, ours.config.max_position_embeddings)  # fmt: skip
     check_same_logits(difference, source)

@@ -17,9 +17,9 @@ from hf_gpt.converting import (
     check_same_logits,
     largest_difference,
     load_exactly,
+    load_reference,
     model_folder,
     read_config,
-    read_weights,
     run_converter,
     strip_prefix,
     transpose_projections,
@@ -51,15 +51,15 @@ def import_openai_gpt(source: str, output_dir: str, overwrite: bool = False, tok
             eos_token_id=None,
         )
     ).eval()
+    reference = load_reference(OpenAIGPTLMHeadModel, folder, source)  # read once, by transformers
     weights = {}
-    for key, value in strip_prefix(read_weights(folder), "transformer.").items():
+    for key, value in strip_prefix(reference.state_dict(), "transformer.").items():
         if key.startswith("lm_head.") or key.endswith(".attn.bias"):  # tied output layer, causal-mask buffer
             continue
         for old, new in RENAMES.items():
             key = key.replace(old, new) if key.startswith(old) else key
         weights[f"transformer.{key}"] = value
     load_exactly(ours, transpose_projections(weights), source)
-    reference = OpenAIGPTLMHeadModel.from_pretrained(folder).float().eval()
     difference = largest_difference(lambda x: ours(x).logits, lambda x: reference(x).logits,
                                     ours.config.vocab_size, ours.config.max_position_embeddings)  # fmt: skip
     check_same_logits(difference, source)

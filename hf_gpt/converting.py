@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from .cards import render_card, write_card
@@ -47,22 +46,14 @@ def read_config(folder: str | os.PathLike) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def read_weights(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A transformers folder's weights: single or sharded safetensors, else pytorch_model.bin (weights only)."""
-    folder = Path(folder)
-    for single, index, load in (
-        ("model.safetensors", "model.safetensors.index.json", load_file),
-        ("pytorch_model.bin", "pytorch_model.bin.index.json", load_pickled_weights),
-    ):
-        if (folder / single).is_file():
-            return load(folder / single)
-        if (folder / index).is_file():
-            shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
-            weights = {}
-            for shard in shards:
-                weights.update(load(folder / shard))
-            return weights
-    raise FileNotFoundError(f"no weights in {folder} (model.safetensors, pytorch_model.bin, or their sharded index)")
+def load_reference(model_class: type[PreTrainedModel], folder: str | os.PathLike, source: str, **kwargs):
+    """The source model as transformers loads it (safetensors, sharded or not, or a weights-only .bin), in
+    fp32 and eval mode: its weights are what we convert, and its logits what we check ours against. A
+    checkpoint lacking weights is refused: transformers would fill them in at random."""
+    reference, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+    if info["missing_keys"]:
+        raise ValueError(f"{source} lacks weights the model needs: {sorted(info['missing_keys'])[:5]}")
+    return reference.float().eval()
 
 
 def load_pickled_weights(path: str | os.PathLike) -> dict:

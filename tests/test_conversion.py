@@ -62,6 +62,19 @@ def test_gpt2_import_gives_the_same_logits_and_greedy_tokens(tmp_path, trained_t
     assert card.data.base_model == source and "hf_gpt" in card.data.tags
 
 
+def test_gpt2_import_refuses_a_checkpoint_with_missing_weights(tmp_path):
+    """transformers would fill a missing tensor in at random; the converter must not pass that on."""
+    weights = {
+        k: v.contiguous() for k, v in random_gpt2().state_dict().items() if k != "transformer.h.0.mlp.c_fc.weight"
+    }
+    folder = tmp_path / "gpt2"
+    random_gpt2().config.save_pretrained(folder)
+    torch.save(weights, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"lacks weights the model needs: \['transformer.h.0.mlp.c_fc.weight'\]"):
+        import_gpt2(str(folder), str(tmp_path / "ours"))
+    assert not (tmp_path / "ours").exists()
+
+
 def test_gpt2_export_loads_without_custom_code(tmp_path, trained_tokenizer):
     model = seeded(HfGptForCausalLM, tiny_config(vocab_size=700, bos_token_id=0, eos_token_id=0))
     model.save_pretrained(tmp_path / "ours")
