@@ -78,17 +78,24 @@ def check_gpt2_representable(config: HfGptConfig) -> None:
                          f"implement ({', '.join(GPT2_ACTIVATIONS)})")  # fmt: skip
 
 
-def export_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
-    """An hf_gpt folder -> a GPT2LMHeadModel folder that loads with plain transformers, no custom code."""
-    folder = model_folder(source)
-    ours = HfGptForCausalLM.from_pretrained(folder).float().eval()
+def as_gpt2(ours: HfGptForCausalLM, source: str = "the model", **kwargs) -> GPT2LMHeadModel:
+    """transformers' GPT2LMHeadModel with `ours`'s config and exactly its weights (GPT-2's Conv1D layers hold
+    them transposed); kwargs go to its construction, e.g. attn_implementation."""
     check_gpt2_representable(ours.config)
     values = {name: getattr(ours.config, name) for name in SHARED_FIELDS}
-    gpt2 = GPT2LMHeadModel(GPT2Config(**values, pad_token_id=ours.config.pad_token_id)).eval()
+    gpt2 = GPT2LMHeadModel._from_config(GPT2Config(**values, pad_token_id=ours.config.pad_token_id), **kwargs)
     weights = {
         k: v for k, v in ours.state_dict().items() if not (ours.config.tie_word_embeddings and k == "lm_head.weight")
     }
     load_exactly(gpt2, transpose_projections(weights), source)
+    return gpt2.to(ours.device, ours.dtype).eval()
+
+
+def export_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
+    """An hf_gpt folder -> a GPT2LMHeadModel folder that loads with plain transformers, no custom code."""
+    folder = model_folder(source)
+    ours = HfGptForCausalLM.from_pretrained(folder).float().eval()
+    gpt2 = as_gpt2(ours, source)
     difference = largest_difference(lambda x: gpt2(x).logits, lambda x: ours(x).logits,
                                     gpt2.config.vocab_size, gpt2.config.n_positions)  # fmt: skip
     check_same_logits(difference, source)
