@@ -94,8 +94,9 @@ class PretrainArguments:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples become lists, as when read back
 
 
-def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> Path:
-    """Create or reopen the run folder; refuse one that is not ours or whose arguments changed."""
+def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> tuple[Path, bool]:
+    """Create or reopen the run folder; refuse one that is not ours or whose arguments changed.
+    Returns the folder and whether this run created it (rather than resuming in it)."""
     output = Path(args.output_dir)
     run_file = output / RUN_FILE
     named = [*args.data, *(args.val_inputs or []), args.tokenizer]
@@ -121,15 +122,14 @@ def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> Pat
             output.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_file, json.dumps(args.to_json(), indent=2) + "\n")
     accelerator.wait_for_everyone()
-    return output
+    return output, not resuming
 
 
 @contextlib.contextmanager
 def run_folder(args: PretrainArguments, accelerator: Accelerator) -> Iterator[Path]:
     """The run folder, removed again if the setup inside the block fails: a refused run leaves nothing
     behind (a resumed run's folder is never removed)."""
-    created = not (args.resume and (Path(args.output_dir) / RUN_FILE).is_file())
-    output = prepare_run_folder(args, accelerator)
+    output, created = prepare_run_folder(args, accelerator)
     try:
         yield output
     except BaseException:
