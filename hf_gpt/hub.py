@@ -2,7 +2,8 @@
 
 The token comes from huggingface_hub's usual sources (HF_TOKEN, `hf auth login`, or `token=`); it is
 passed to huggingface_hub only and never printed. Nothing in the local folder is written: a card is
-rendered into the commit when the folder has none.
+rendered into the commit when the folder has none. Only what a model repo needs goes up (a run folder also holds
+checkpoints, optimizer states, tokens...); `include` adds files on purpose, but never hidden or pickled ones.
 """
 
 from __future__ import annotations
@@ -10,35 +11,95 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .cards import render_card
 from .configuration_hf_gpt import HfGptConfig
 from .estimate import parameter_counts
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+# What a model repo needs (top-level names); the code files come from config.json's auto_map. Not finetune_args.json:
+# it is all local paths (model, data, output folder) and the card already gives its hyperparameters.
+MODEL_FILES = (
+    "config.json", "generation_config.json", "README.md", "eval_results.json",
+    "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
+)  # fmt: skip
+# Never pushed, whatever `include` says: unpickling runs code, so only safetensors go up.
+PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
+LEFT_OUT = "left out (not part of a model repo; --include PATTERN adds files, but never hidden or pickled ones)"
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
-def files_to_push(folder: Path) -> list[Path]:
-    """Every file of the model folder except hidden ones; refuses a folder that would not load."""
+def code_files(folder: Path) -> set[str]:
+    """The .py files config.json's auto_map names, with those they import relatively (transformers fetches them too);
+    a reference to another repo's code ("org/repo--module.Class") needs no local file."""
+    auto_map = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("auto_map") or {}
+    references = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if r and "--" not in r]
+    modules = {r.split(".")[0] + ".py" for r in references}
+    for module in sorted(modules):
+        if not (folder / module).is_file():
+            raise FileNotFoundError(f"config.json's auto_map needs {module}, which is not in {folder}")
+        modules |= {Path(f).name for f in get_relative_import_files(folder / module)}
+    return modules
+
+
+def visible_files(folder: Path) -> list[str]:
+    """The folder's files as POSIX paths relative to it, hidden files and folders skipped; os.walk does not enter
+    linked folders, so a link can only be a file's last step."""
+    names = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        names += [(Path(root) / f).relative_to(folder).as_posix() for f in files if not f.startswith(".")]
+    return sorted(name for name in names if (folder / name).is_file())
+
+
+def wanted(name: str, code: set[str], include: Sequence[str]) -> bool:
+    """Whether a file (relative path) goes up: a model file or code at the top level, or one `include` matches."""
+    if any(fnmatchcase(name.lower(), pattern) for pattern in PICKLES):
+        return False
+    model_file = "/" not in name and (name in code or any(fnmatchcase(name, pattern) for pattern in MODEL_FILES))
+    return model_file or any(fnmatchcase(name, pattern) for pattern in include)
+
+
+def check_inside(folder: Path, name: str) -> None:
+    """A link is pushed as its target's bytes: fine for a `latest` link to a checkpoint's weights, never for one
+    leading out of the folder (to ~/.ssh, /etc or another run)."""
+    target = (folder / name).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise ValueError(f"{folder / name} is a symlink to {target}, outside {folder}; copy the file in to push it")
+
+
+def files_to_push(folder: Path, include: Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """(pushed, left out): relative paths of what a model repo needs plus what `include` matches, and the rest;
+    refuses a folder that would not load and a pushed link that leads out of the folder."""
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json: not a model folder (save_pretrained writes one)")
     if not any((folder / name).is_file() for name in WEIGHTS):
         raise ValueError(f"{folder} has no safetensors weights ({' or '.join(WEIGHTS)}); only safetensors are pushed")
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    for reference in (config.get("auto_map") or {}).values():
-        module = reference.split("--")[-1].split(".")[0] + ".py"
-        if not (folder / module).is_file():
-            raise FileNotFoundError(f"config.json's auto_map needs {module}, which is not in {folder}")
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    code = code_files(folder)
+    names = visible_files(folder)
+    pushed = [name for name in names if wanted(name, code, include)]
+    for name in pushed:
+        check_inside(folder, name)
+    return pushed, [name for name in names if name not in pushed]
+
+
+def summary(names: list[str], shown: int = 10) -> str:
+    """`a.txt, checkpoints/ (12 files), ...`: a subfolder's files counted together, cut after `shown` entries."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(name.split("/")[0], []).append(name)
+    entries = [files[0] if len(files) == 1 else f"{top}/ ({len(files)} files)" for top, files in groups.items()]
+    rest = f", and {len(entries) - shown} more" if len(entries) > shown else ""
+    return ", ".join(entries[:shown]) + rest
 
 
 def card_bytes(folder: Path, repo_id: str, license: str | None, language: str | None) -> bytes | None:
@@ -73,14 +134,20 @@ def push(
     license: str | None = None,
     language: str | None = None,
     token: str | None = None,
+    include: Sequence[str] | None = None,
 ) -> str:
-    """Upload a model folder (weights, config with auto_map, code, tokenizer, generation config, card) as one
-    commit to `repo_id`, creating the repo (and the `revision` branch) when needed; returns the commit's URL."""
+    """Upload a model folder (weights, config with auto_map, code, tokenizer, generation config, card, plus what
+    `include`'s fnmatch patterns match on paths relative to the folder, `*` crossing `/`: "logs/*.jsonl") as one
+    commit to `repo_id`, creating the repo (and the `revision` branch) when needed; returns the commit's URL.
+    What is left out is listed in one printed line."""
     folder = Path(folder)
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"repo id must look like ORG/NAME, got {repo_id!r}")
-    files = files_to_push(folder)
-    operations = [CommitOperationAdd(str(p.relative_to(folder)), str(p)) for p in files if p.name != "README.md"]
+    include = [include] if isinstance(include, str) else include or ()  # a bare string is one pattern
+    pushed, left_out = files_to_push(folder, include)
+    if left_out:
+        print(f"{LEFT_OUT}: {summary(left_out)}")
+    operations = [CommitOperationAdd(name, str(folder / name)) for name in pushed if name != "README.md"]
     operations.append(CommitOperationAdd("README.md", card_bytes(folder, repo_id, license, language)))
     api = HfApi(token=token)
     try:

@@ -1,7 +1,9 @@
 """`hf-gpt push` and the Hub round trip, against the Hub-protocol server of hub_server.py (never the internet)."""
 
+import functools
 import hashlib
 import json
+import re
 import subprocess
 import sys
 
@@ -38,6 +40,41 @@ def model_folder(tmp_path, trained_tokenizer):
     model.save_pretrained(folder)
     trained_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def push_here(hub, monkeypatch):
+    """hf_gpt.hub.push in this process, as alice, to the test hub (HfApi reads the endpoint when it is built)."""
+    from huggingface_hub import constants
+
+    from hf_gpt.hub import push as push_folder
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+    return functools.partial(push_folder, token=hub.token("alice"))
+
+
+def add_run_clutter(folder, outside) -> None:
+    """What a run folder holds besides the model: checkpoints, secrets, pickles, logs, hidden files, a link out."""
+    step = folder / "checkpoints" / "step-00000010"
+    step.mkdir(parents=True)
+    torch.save({"step": 10}, step / "optimizer.bin")
+    (step / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    torch.save({}, folder / "pytorch_model.bin")
+    torch.save({}, folder / "model.pt")
+    (folder / "hf_token.txt").write_text("hf_not_for_the_hub")
+    (folder / "secrets.yaml").write_text("password: hunter2\n")
+    (folder / "finetune_args.json").write_text(json.dumps({"train": "/home/me/private/data.jsonl"}))
+    (folder / "logs").mkdir()
+    (folder / "logs" / "train.jsonl").write_text('{"step": 10, "loss": 3.2}\n')
+    (folder / ".env").write_text("HF_TOKEN=hf_not_for_the_hub\n")
+    outside.write_text("root:x:0:0\n")
+    (folder / "notes.txt").symlink_to(outside)  # not pushed, so not refused either
+
+
+def left_out_line(out: str) -> str:
+    lines = [line for line in out.splitlines() if line.startswith("left out")]
+    assert len(lines) == 1, out
+    return lines[0]
 
 
 def fingerprint(folder) -> dict[str, str]:
@@ -152,3 +189,51 @@ def test_convert_straight_from_the_hub_and_push_without_local_paths(hub, tmp_pat
     assert push(hub, tmp_path / "h", "alice", converted, "alice/converted").returncode == 0
     pushed = hub.read("alice/converted", "README.md").decode()
     assert "base_model" not in pushed.split("---")[1] and str(tmp_path) not in pushed
+
+
+def test_push_sends_only_what_a_model_repo_needs(hub, model_folder, tmp_path, push_here, capsys):
+    model_files = {p.name for p in model_folder.iterdir()}
+    add_run_clutter(model_folder, tmp_path / "passwd")
+    push_here(model_folder, "alice/tiny-gpt")
+    files = set(HfApi(endpoint=hub.endpoint, token=hub.token("alice")).list_repo_files("alice/tiny-gpt"))
+    assert files == model_files | {"README.md", ".gitattributes"}  # .gitattributes: the Hub's first commit
+    out = capsys.readouterr().out
+    line = left_out_line(out)
+    for name in ("checkpoints/ (2 files)", "finetune_args.json", "hf_token.txt", "logs/train.jsonl", "model.pt",
+                 "notes.txt", "pytorch_model.bin", "secrets.yaml", "--include PATTERN"):  # fmt: skip
+        assert name in line
+    assert ".env" not in line and "hf_not_for_the_hub" not in out and hub.token("alice") not in out
+
+
+def test_push_refuses_a_link_out_of_the_folder(hub, model_folder, tmp_path, push_here):
+    outside = tmp_path / "passwd"
+    add_run_clutter(model_folder, outside)
+    link = model_folder / "chat_template.jinja"  # an allow-listed name
+    link.symlink_to(outside)
+    with pytest.raises(ValueError, match=re.escape(f"{link} is a symlink to {outside}, outside {model_folder}")):
+        push_here(model_folder, "alice/tiny-gpt")
+    link.unlink()
+    (model_folder / "logs" / "other.jsonl").symlink_to(outside)  # an included file obeys the same rule
+    with pytest.raises(ValueError, match="other.jsonl is a symlink to .*passwd"):
+        push_here(model_folder, "alice/tiny-gpt", include=["logs/*.jsonl"])
+    assert not [r for r in hub.requests if r.startswith("POST")]  # nothing pushed, no repo created
+
+
+def test_include_adds_files_but_never_pickles(hub, model_folder, tmp_path, push_here, capsys):
+    add_run_clutter(model_folder, tmp_path / "passwd")
+    (model_folder / "logs" / "latest.jsonl").symlink_to("train.jsonl")  # a link inside: pushed as its target
+    push_here(model_folder, "alice/tiny-gpt", include=["logs/*.jsonl", "*.bin", "*.pt"])
+    files = set(HfApi(endpoint=hub.endpoint, token=hub.token("alice")).list_repo_files("alice/tiny-gpt"))
+    assert {"logs/train.jsonl", "logs/latest.jsonl", "model.safetensors"} <= files
+    assert not [f for f in files if f.endswith((".bin", ".pt"))]
+    assert hub.read("alice/tiny-gpt", "logs/latest.jsonl") == (model_folder / "logs" / "train.jsonl").read_bytes()
+    line = left_out_line(capsys.readouterr().out)
+    assert "never hidden or pickled" in line and "pytorch_model.bin" in line and "logs" not in line
+
+
+def test_a_long_left_out_list_is_cut_and_counted():
+    from hf_gpt.hub import summary
+
+    names = [f"checkpoints/step-{i}/optimizer.bin" for i in range(50)] + [f"notes-{i:02}.txt" for i in range(12)]
+    shown = ", ".join(f"notes-{i:02}.txt" for i in range(9))
+    assert summary(names) == f"checkpoints/ (50 files), {shown}, and 3 more"
