@@ -1,23 +1,39 @@
 """Training checkpoints through Accelerate's state saving, written atomically, the last K kept.
 
-Each checkpoint is `checkpoints/step-00000123/`, Accelerate's `save_state` output (model, optimizer,
-RNG states of every process, registered objects such as the scheduler and the data position). It is
-written under a hidden name and renamed once every process has finished, so a folder with the final
-name is always complete. Names carry the step explicitly: Accelerate's automatic naming restarts its
-counter after `load_state` (accelerate issue #1601) and would overwrite older checkpoints.
+Each checkpoint is `checkpoints/step-00000123/`: Accelerate's `save_state` output (model, optimizer, RNG
+states of every process) and `training_state.json` (the data position, counters and schedule), which we write
+ourselves: Accelerate would pickle registered objects and unpickle them on resume with `weights_only=False`,
+so a replaced file would run its code. Every pickled file is therefore loaded with `weights_only=True` first,
+and refused when it holds anything but tensors and numbers.
+
+A checkpoint is written under a hidden name and renamed once every process has finished, so a folder with the
+final name is always complete; a save that fails removes its partial folder. Names carry the step explicitly:
+Accelerate's automatic naming restarts its counter after `load_state` (accelerate issue #1601) and would
+overwrite older checkpoints.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
+import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+
+from .files import write_text_atomic
 
 PATTERN = re.compile(r"step-(\d+)")
+STATE_FILE = "training_state.json"
+PICKLED = {".bin", ".pkl", ".pt", ".pth"}  # what torch.save writes (optimizer, RNG states, GradScaler)
+NEARLY_FULL = 1 << 20  # bytes left on a disk after a failed write that mean it was full
+RECOURSE = "remove {checkpoint} to resume from the checkpoint before it, or start a new run"
 
 
 class TiedWeightNotice(logging.Filter):
@@ -28,6 +44,12 @@ class TiedWeightNotice(logging.Filter):
 
 
 logging.getLogger("accelerate.utils.other").addFilter(TiedWeightNotice())
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (a full disk, most often); the earlier ones are intact.
+
+    A RuntimeError, like a diverged run: the CLI reports it as an environment failure (exit 1)."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -48,8 +70,12 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator: Accelerator, directory: str | os.PathLike, step: int, keep: int) -> Path:
-    """Save the full training state for `step`; keep only the newest `keep` checkpoints. All processes call it."""
+def save_checkpoint(
+    accelerator: Accelerator, directory: str | os.PathLike, step: int, keep: int, state: dict[str, Any]
+) -> Path:
+    """Save the full training state for `step`, with `state` (JSON values) as training_state.json; keep only the
+    newest `keep` checkpoints. All processes call it. A save that fails leaves nothing behind and raises
+    CheckpointSaveError on every process."""
     directory = Path(directory)
     final = directory / checkpoint_name(step)
     staging = directory / f".{final.name}.tmp"
@@ -57,8 +83,22 @@ def save_checkpoint(accelerator: Accelerator, directory: str | os.PathLike, step
         directory.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging), safe_serialization=True)
-    accelerator.wait_for_everyone()
+    error = None
+    try:
+        accelerator.save_state(str(staging), safe_serialization=True)
+        if accelerator.is_main_process:
+            write_text_atomic(staging / STATE_FILE, json.dumps(state, indent=2) + "\n")
+    except Exception as e:
+        error = e
+    # Every process learns whether any failed, so none waits forever for one that gave up.
+    failed = accelerator.reduce(torch.tensor(float(error is not None), device=accelerator.device), "sum").item()
+    if failed:
+        reason = "it failed on another process" if error is None else failure_reason(error, directory)
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)  # a partial checkpoint would only hold the disk space
+        previous = latest_checkpoint(directory)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint was saved"
+        raise CheckpointSaveError(f"saving checkpoint {final.name} to {directory} failed: {reason}; {kept}") from error
     if accelerator.is_main_process:
         if final.exists():  # the same step saved by an earlier, interrupted attempt
             shutil.rmtree(final)
@@ -67,6 +107,47 @@ def save_checkpoint(accelerator: Accelerator, directory: str | os.PathLike, step
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def failure_reason(error: Exception, directory: Path) -> str:
+    """One line. torch reports a full disk as "[enforce fail at inline_container.cc:672] ...", safetensors in its
+    own words: a disk left (nearly) full by the failed write says what happened better than either."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if shutil.disk_usage(directory).free < NEARLY_FULL:
+        return os.strerror(errno.ENOSPC)
+    return next(iter(str(error).splitlines()), "") or type(error).__name__
+
+
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict[str, Any]:
+    """Restore what `save_checkpoint` saved into the prepared model and optimizer (and the RNGs); returns the
+    `state` it was given. Refuses, naming the file, a checkpoint holding pickled objects rather than data."""
+    state_file = checkpoint / STATE_FILE
+    if not state_file.is_file():
+        raise ValueError(
+            f"checkpoint {checkpoint} has no {STATE_FILE} (saved by an older hf_gpt?); it cannot be resumed"
+        )
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{state_file} is not valid JSON ({e}); {RECOURSE.format(checkpoint=checkpoint)}") from None
+    for file in sorted(checkpoint.iterdir()):
+        if file.suffix in PICKLED:
+            check_plain_data(file)
+    accelerator.load_state(str(checkpoint))
+    return state
+
+
+def check_plain_data(file: Path) -> None:
+    """Accelerate unpickles a custom_checkpoint_*.pkl with `weights_only=False` and ignores RNG states that fail to
+    load: load every pickled file the safe way first (memory-mapped, so large tensors are not read), and refuse."""
+    try:
+        accelerate_load(file, map_location="cpu", mmap=True)  # weights_only=True, with numpy's RNG state allowed
+    except Exception as e:
+        raise ValueError(
+            f"checkpoint file {file} does not load as plain tensors and numbers ({type(e).__name__}): it was damaged "
+            f"or replaced, and nothing in it was run; {RECOURSE.format(checkpoint=file.parent)}"
+        ) from None
 
 
 def remove_unfinished(directory: str | os.PathLike) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
+from safetensors import SafetensorError
+
 from .documents import INVALID_UTF8_POLICIES
+from .ranges import COUNT, NON_NEGATIVE, OPEN_UNIT, POSITIVE, POSITIVE_INT, PROBABILITY_MASS, PROPORTION, SEED, SHARE
 
 
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +35,22 @@ def add_corpus_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, naming the flag; the full usage is one --help away. (Subcommands inherit it.)"""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-gpt", description="Train, prepare data for, and share GPT models.")
+    parser = Parser(prog="hf-gpt", description="Train, prepare data for, and share GPT models.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train-tokenizer", help="train a GPT-2-style byte-level BPE tokenizer")
     add_corpus_arguments(train)
-    train.add_argument("--vocab-size", type=int, required=True, help="total size, special tokens included")
+    train.add_argument(
+        "--vocab-size", type=POSITIVE_INT.parse, required=True, help="total size, special tokens included"
+    )
     train.add_argument("--output", required=True, help="folder to write (loads with AutoTokenizer)")
     train.add_argument(
         "--special-token",
@@ -46,16 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="an extra special token after <|endoftext|> (repeat for more)",
     )
-    train.add_argument("--min-frequency", type=int, default=0, help="least count for a merge")
-    train.add_argument("--model-max-length", type=int, default=1024, help="context length recorded in the tokenizer")
+    train.add_argument("--min-frequency", type=COUNT.parse, default=0, help="least count for a merge")
+    train.add_argument(
+        "--model-max-length", type=POSITIVE_INT.parse, default=1024, help="context length recorded in the tokenizer"
+    )
 
     prepare = commands.add_parser("prepare-data", help="encode a corpus into packed token files")
     add_corpus_arguments(prepare)
     prepare.add_argument("--tokenizer", required=True, help="tokenizer folder")
     prepare.add_argument("--output", required=True, help="folder for train.bin, val.bin and manifest.json")
-    prepare.add_argument("--val-fraction", type=float, default=0.01, help="share of tokens for validation")
+    prepare.add_argument("--val-fraction", type=SHARE.parse, default=0.01, help="share of tokens for validation")
     add_val_input_option(prepare)
-    prepare.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
+    prepare.add_argument(
+        "--workers", type=POSITIVE_INT.parse, default=None, help="encoding processes (default: all cores)"
+    )
 
     add_pretrain_parser(commands)
     add_finetune_parser(commands)
@@ -71,13 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit-message")
     push.add_argument("--license", help="license id for the card's metadata, e.g. apache-2.0")
     push.add_argument("--language", help="language code for the card's metadata, e.g. en")
+    push.add_argument(
+        "--include",
+        action="append",
+        metavar="PATTERN",
+        help='also push the files this glob matches, relative to the folder, e.g. "logs/*.jsonl" (repeatable); '
+        "hidden files and pickled weights are never pushed",
+    )
 
     quick = commands.add_parser(
         "quickstart", help="train a tokenizer and a small GPT on the standard library's docstrings, offline"
     )
     quick.add_argument("--output", default="hf-gpt-quickstart", help="run folder (an earlier quickstart is replaced)")
     quick.add_argument(
-        "--max-steps", type=int, default=None, help="optimizer steps (default: about 3 minutes on 2 cores)"
+        "--max-steps",
+        type=POSITIVE_INT.parse,
+        default=None,
+        help="optimizer steps (default: about 3 minutes on 2 cores)",
     )
     return parser
 
@@ -108,7 +135,9 @@ def add_pretrain_parser(commands) -> None:
     )
     p.add_argument("--output", required=True, help="run folder")
     p.add_argument("--tokenizer", help="tokenizer folder (default: train one of --vocab-size on raw inputs)")
-    p.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="for a tokenizer trained here")
+    p.add_argument(
+        "--vocab-size", type=POSITIVE_INT.parse, default=defaults.vocab_size, help="for a tokenizer trained here"
+    )
     p.add_argument("--model", default=defaults.model, help="a preset name or a config.json (or its folder)")
     p.add_argument(
         "--set",
@@ -118,30 +147,49 @@ def add_pretrain_parser(commands) -> None:
         metavar="NAME=VALUE",
         help="override a config field, e.g. --set hidden_size=256 --set resid_pdrop=0 (repeatable)",
     )
-    p.add_argument("--block-size", type=int, help="tokens per training sequence (default: the model's context)")
     p.add_argument(
-        "--batch-size", type=int, default=defaults.batch_size, help="sequences per optimizer step, all processes"
+        "--block-size", type=POSITIVE_INT.parse, help="tokens per training sequence (default: the model's context)"
     )
-    p.add_argument("--micro-batch-size", type=int, help="sequences per process and forward pass (accumulates the rest)")
-    p.add_argument("--max-steps", type=int, default=defaults.max_steps)
-    p.add_argument("--learning-rate", "--lr", type=float, default=defaults.learning_rate, help="peak learning rate")
-    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    p.add_argument("--final-lr-ratio", type=float, default=defaults.final_lr_ratio, help="cosine decays to this x peak")
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--max-grad-norm", type=float, default=defaults.max_grad_norm)
+    p.add_argument(
+        "--batch-size",
+        type=POSITIVE_INT.parse,
+        default=defaults.batch_size,
+        help="sequences per optimizer step, all processes",
+    )
+    p.add_argument(
+        "--micro-batch-size",
+        type=POSITIVE_INT.parse,
+        help="sequences per process and forward pass (accumulates the rest)",
+    )
+    p.add_argument("--max-steps", type=POSITIVE_INT.parse, default=defaults.max_steps)
+    p.add_argument(
+        "--learning-rate", "--lr", type=POSITIVE.parse, default=defaults.learning_rate, help="peak learning rate"
+    )
+    p.add_argument("--warmup-steps", type=COUNT.parse, default=defaults.warmup_steps)
+    p.add_argument(
+        "--final-lr-ratio", type=PROPORTION.parse, default=defaults.final_lr_ratio, help="cosine decays to this x peak"
+    )
+    p.add_argument("--weight-decay", type=NON_NEGATIVE.parse, default=defaults.weight_decay)
+    p.add_argument("--max-grad-norm", type=POSITIVE.parse, default=defaults.max_grad_norm)
     p.add_argument("--mixed-precision", choices=MIXED_PRECISION, help="default: as `accelerate config` says")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--eval-every", type=int, default=defaults.eval_every, help="steps between validation runs")
-    p.add_argument("--eval-blocks", type=int, default=defaults.eval_blocks, help="validation blocks per run")
-    p.add_argument("--save-every", type=int, default=defaults.save_every, help="steps between checkpoints")
-    p.add_argument("--keep-checkpoints", type=int, default=defaults.keep_checkpoints)
-    p.add_argument("--log-every", type=int, default=defaults.log_every)
+    p.add_argument("--seed", type=SEED.parse, default=defaults.seed)
+    p.add_argument(
+        "--eval-every", type=POSITIVE_INT.parse, default=defaults.eval_every, help="steps between validation runs"
+    )
+    p.add_argument(
+        "--eval-blocks", type=POSITIVE_INT.parse, default=defaults.eval_blocks, help="validation blocks per run"
+    )
+    p.add_argument(
+        "--save-every", type=POSITIVE_INT.parse, default=defaults.save_every, help="steps between checkpoints"
+    )
+    p.add_argument("--keep-checkpoints", type=POSITIVE_INT.parse, default=defaults.keep_checkpoints)
+    p.add_argument("--log-every", type=POSITIVE_INT.parse, default=defaults.log_every)
     p.add_argument("--log-with", default=defaults.log_with, help="auto (TensorBoard if installed), none, or a tracker")
-    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="for data prepared here")
+    p.add_argument("--val-fraction", type=SHARE.parse, default=defaults.val_fraction, help="for data prepared here")
     add_val_input_option(p)
-    p.add_argument("--peak-tflops", type=float, help="per-device peak for MFU (default: measured)")
+    p.add_argument("--peak-tflops", type=POSITIVE.parse, help="per-device peak for MFU (default: measured)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUTPUT")
     add_corpus_options(p)
 
@@ -164,7 +212,7 @@ def add_finetune_parser(commands) -> None:
     p.add_argument("--task", required=True, choices=sorted({*TASKS, *(t.replace("_", "-") for t in TASKS)}))
     p.add_argument("--output", required=True, help="folder for the fine-tuned model")
     p.add_argument("--validation", help="validation examples (default: --val-fraction of the training file)")
-    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
+    p.add_argument("--val-fraction", type=OPEN_UNIT.parse, default=defaults.val_fraction)
     p.add_argument(
         "--column",
         dest="columns",
@@ -173,14 +221,18 @@ def add_finetune_parser(commands) -> None:
         metavar="ROLE=COLUMN[,COLUMN...]",
         help="where a role's value is, e.g. --column text=sentence or --column choices=ending0,ending1",
     )
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="examples per step, all processes")
-    p.add_argument("--learning-rate", "--lr", type=float, default=defaults.learning_rate)
-    p.add_argument("--warmup-ratio", type=float, default=defaults.warmup_ratio)
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--lm-weight", type=float, default=defaults.lm_weight, help="λ of the auxiliary LM loss")
-    p.add_argument("--max-length", type=int, help="tokens per sequence (default: the model's context)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--epochs", type=POSITIVE_INT.parse, default=defaults.epochs)
+    p.add_argument(
+        "--batch-size", type=POSITIVE_INT.parse, default=defaults.batch_size, help="examples per step, all processes"
+    )
+    p.add_argument("--learning-rate", "--lr", type=POSITIVE.parse, default=defaults.learning_rate)
+    p.add_argument("--warmup-ratio", type=PROPORTION.parse, default=defaults.warmup_ratio)
+    p.add_argument("--weight-decay", type=NON_NEGATIVE.parse, default=defaults.weight_decay)
+    p.add_argument(
+        "--lm-weight", type=NON_NEGATIVE.parse, default=defaults.lm_weight, help="λ of the auxiliary LM loss"
+    )
+    p.add_argument("--max-length", type=POSITIVE_INT.parse, help="tokens per sequence (default: the model's context)")
+    p.add_argument("--seed", type=SEED.parse, default=defaults.seed)
     p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
     p.add_argument("--overwrite", action="store_true", help="replace an earlier model in --output")
 
@@ -199,24 +251,14 @@ def add_generate_parser(commands) -> None:
     p = commands.add_parser("generate", help="sample from a model, streaming tokens as they come")
     p.add_argument("model", help="model folder or Hub name")
     p.add_argument("prompt", nargs="?", default="", help="text to continue (default: start a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=50, help="0 disables")
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--num-return-sequences", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT.parse, default=100)
+    p.add_argument("--temperature", type=POSITIVE.parse, default=1.0)
+    p.add_argument("--top-k", type=COUNT.parse, default=50, help="0 disables")
+    p.add_argument("--top-p", type=PROBABILITY_MASS.parse, default=None)
+    p.add_argument("--num-return-sequences", type=POSITIVE_INT.parse, default=1)
     p.add_argument("--greedy", action="store_true", help="argmax decoding instead of sampling")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=SEED.parse, default=None)
     p.add_argument("--trust-remote-code", action="store_true", help="for models whose code is in their folder")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 def add_eval_parser(commands) -> None:
@@ -232,12 +274,12 @@ def add_eval_parser(commands) -> None:
     ppl.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files")
     ppl.add_argument(
         "--block-size",
-        type=positive_int,
+        type=POSITIVE_INT.parse,
         help="tokens the model sees per window, so a token has up to this many before it "
         "(default: the model's context, at most 1024)",
     )
     ppl.add_argument(
-        "--stride", type=positive_int, help="new tokens per window, 1..block size (default: half the block)"
+        "--stride", type=POSITIVE_INT.parse, help="new tokens per window, 1..block size (default: half the block)"
     )
     add_eval_options(ppl, "JSON file for the figures (default: print only)")
 
@@ -254,7 +296,7 @@ def add_eval_parser(commands) -> None:
     fewshot.add_argument("task", nargs="?", help="a task file (.jsonl) or a built-in task name")
     fewshot.add_argument("--task", dest="task_option", metavar="TASK", help="the same, as an option")
     fewshot.add_argument("--shots", default="0,1,5", help="comma-separated shot counts (default: 0,1,5)")
-    fewshot.add_argument("--limit", type=positive_int, help="score only the first N test examples")
+    fewshot.add_argument("--limit", type=POSITIVE_INT.parse, help="score only the first N test examples")
     add_task_options(fewshot, seed_help="for drawing shots (and generating built-in tasks)")
     add_eval_options(fewshot, "JSON file for the results (default: fewshot-TASK.json)")
 
@@ -267,17 +309,19 @@ def add_eval_parser(commands) -> None:
     export.add_argument("task", help="a task file (.jsonl) or a built-in task name")
     export.add_argument("folder", help="folder for the YAML and its data")
     add_task_options(export, seed_help="for generating built-in tasks")
-    export.add_argument("--max-gen-toks", type=int, default=32, help="generation limit for completion tasks")
+    export.add_argument(
+        "--max-gen-toks", type=POSITIVE_INT.parse, default=32, help="generation limit for completion tasks"
+    )
 
 
 def add_task_options(parser: argparse.ArgumentParser, seed_help: str) -> None:
-    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--seed", type=SEED.parse, default=0, help=seed_help)
     parser.add_argument("--words", help="text file to take the word tasks' words from")
     parser.add_argument("--description", help="instruction shown once before the examples")
 
 
 def add_eval_options(parser: argparse.ArgumentParser, output_help: str) -> None:
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass")
+    parser.add_argument("--batch-size", type=POSITIVE_INT.parse, default=8, help="sequences per forward pass")
     parser.add_argument("--output", help=output_help)
     parser.add_argument("--trust-remote-code", action="store_true", help="for models whose code is in their folder")
 
@@ -303,15 +347,17 @@ def add_estimate_parser(commands) -> None:
         help="override a config field, e.g. --set num_hidden_layers=6 (repeatable)",
     )
     p.add_argument("--tokens", help="training tokens, e.g. 300e9, 300B or 1.5T (default: 20 per parameter, Chinchilla)")
-    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the model's context)")
-    p.add_argument("--batch-size", type=int, default=1, help="sequences per GPU and forward pass, for memory")
+    p.add_argument("--seq-len", type=POSITIVE_INT.parse, help="tokens per sequence (default: the model's context)")
+    p.add_argument(
+        "--batch-size", type=POSITIVE_INT.parse, default=1, help="sequences per GPU and forward pass, for memory"
+    )
     p.add_argument("--precision", choices=PRECISIONS, default="bf16", help="bf16/fp16: autocast mixed precision")
     p.add_argument("--attention", choices=ATTENTIONS, default="sdpa", help="eager keeps the a·s² score tensors")
     p.add_argument("--gradient-checkpointing", action="store_true", help="keep only layer inputs, recompute the rest")
-    p.add_argument("--gpu-tflops", type=float, default=312.0, help="peak TFLOP/s per GPU (default: A100 bf16)")
-    p.add_argument("--mfu", type=float, default=0.4, help="share of the peak achieved, in (0, 1]")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs, for wall-clock time and sharded memory")
-    p.add_argument("--price-per-hour", type=float, help="price of one GPU-hour, for the cost")
+    p.add_argument("--gpu-tflops", type=POSITIVE.parse, default=312.0, help="peak TFLOP/s per GPU (default: A100 bf16)")
+    p.add_argument("--mfu", type=PROBABILITY_MASS.parse, default=0.4, help="share of the peak achieved, in (0, 1]")
+    p.add_argument("--gpus", type=POSITIVE_INT.parse, default=1, help="GPUs, for wall-clock time and sharded memory")
+    p.add_argument("--price-per-hour", type=NON_NEGATIVE.parse, help="price of one GPU-hour, for the cost")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -352,6 +398,12 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "generate":
         from .generate import generate
 
+        if not args.prompt.isascii():  # the shell hands undecodable bytes over as surrogates
+            try:
+                args.prompt.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("the prompt is not valid UTF-8 text") from None
+
         options = ("max_new_tokens", "temperature", "top_k", "top_p", "num_return_sequences", "greedy", "seed")
         generate(
             args.model, args.prompt, trust_remote_code=args.trust_remote_code, **{k: getattr(args, k) for k in options}
@@ -370,7 +422,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "push":
         from .hub import push
 
-        options = ("private", "revision", "commit_message", "license", "language")
+        options = ("private", "revision", "commit_message", "license", "language", "include")
         push(args.folder, args.repo_id, **{name: getattr(args, name) for name in options})
     elif args.command == "quickstart":
         from .quickstart import STEPS, quickstart
@@ -386,7 +438,9 @@ def run_eval(args: argparse.Namespace) -> None:
         from .lm_eval_tasks import export_lm_eval_task
 
         options = {"seed": args.seed, "words_file": args.words, "description": args.description}
-        path = export_lm_eval_task(load_fewshot_task(args.task, **options), args.folder, max_gen_toks=args.max_gen_toks)
+        task = load_fewshot_task(args.task, **options)
+        inputs = [p for p in (args.task, args.words) if p is not None]
+        path = export_lm_eval_task(task, args.folder, max_gen_toks=args.max_gen_toks, inputs=inputs)
         print(f"lm-eval task written to {path}; run it with --include_path {path.parent} --tasks {path.stem}")
         return
     common = {"batch_size": args.batch_size, "output": args.output, "trust_remote_code": args.trust_remote_code}
@@ -423,18 +477,36 @@ def pretrain_from(args: argparse.Namespace, common: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Every expected failure is one line on stderr: exit 2 for bad input, 1 for the environment (a full disk,
+    no memory) or a run that diverged, 130 for Ctrl-C. What a command staged is removed before it returns."""
+    command = "hf-gpt"
     try:
+        args = build_parser().parse_args(argv)
+        command = f"hf-gpt {args.command}"
         run(args)
-    except (ValueError, OSError) as e:  # OSError: missing or unreadable files and models
-        print(f"hf-gpt {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # e.g. training diverged: the message says where the last good state is
-        print(f"hf-gpt {args.command}: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except MemoryError:
+        print("hf-gpt: error: out of memory", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:  # OSError: missing or unreadable files and models, full disks
+        print(f"{command}: error: {e}", file=sys.stderr)
+        return 1 if environment_failure(e) else 2
+    except RuntimeError as e:  # e.g. training diverged: the message says where the last good state is
+        print(f"{command}: {e}", file=sys.stderr)
+        return 1
+    except SafetensorError as e:  # safetensors' own, for weights it cannot read or write
+        print(f"{command}: error: weights file: {e}", file=sys.stderr)
+        return 1 if environment_failure(e) else 2
     return 0
+
+
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM}
+
+
+def environment_failure(error: Exception) -> bool:
+    """A full or read-only disk, not bad input (some writers only say so in their message)."""
+    return getattr(error, "errno", None) in ENVIRONMENT_ERRNOS or "No space left on device" in str(error)
 
 
 if __name__ == "__main__":

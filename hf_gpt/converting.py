@@ -16,8 +16,9 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
 from .cards import render_card, write_card
 from .configuration_hf_gpt import HfGptConfig
 from .estimate import count_parameters
-from .files import atomic_directory
+from .files import atomic_directory, check_output_dir, looks_local
 
+KIND = "convert"  # every converter's output: one converter may replace another's earlier output
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
 # OpenAI's GPT-1 and GPT-2 (and transformers' ports) store these as Conv1D, (in, out); nn.Linear is (out, in).
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -32,7 +33,7 @@ DOWNLOADED = ["*.json", "*.safetensors", "*.bin", "merges.txt", "vocab.txt"]  # 
 
 def model_folder(source: str | os.PathLike) -> Path:
     """A local folder as it is; anything else is taken for a Hub repo id and downloaded (HF_ENDPOINT, cache)."""
-    if Path(source).exists() or str(source).count("/") > 1 or str(source).startswith((".", "/")):
+    if looks_local(source):
         return Path(source)
     from huggingface_hub import snapshot_download
 
@@ -124,7 +125,8 @@ def write_converted(
     card_config: HfGptConfig | None = None,
 ) -> Path:
     """save_pretrained, the tokenizer and a card naming the source as base_model, all or nothing."""
-    with atomic_directory(output_dir, overwrite, marker="config.json") as staging:
+    inputs = [p for p in (source, tokenizer_from) if p is not None]
+    with atomic_directory(output_dir, overwrite, kind=KIND, inputs=inputs) as staging:
         if generation_config is not None:
             model.generation_config = generation_config
         model.save_pretrained(staging, safe_serialization=True)
@@ -155,7 +157,9 @@ def run_converter(prog: str, description: str, directions: dict[str, Callable], 
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier converted folder")
     parser.add_argument("--tokenizer", help="tokenizer folder to carry over (default: the source's, if it has one)")
     args = parser.parse_args(argv)
-    try:
+    try:  # the output is checked before the conversion's work, and again when it is written
+        inputs = [p for p in (args.source, args.tokenizer) if p is not None]
+        check_output_dir(args.output, args.overwrite, kind=KIND, inputs=inputs)
         directions[args.direction](args.source, args.output, overwrite=args.overwrite, tokenizer=args.tokenizer)
     except (ValueError, OSError) as e:
         print(f"{prog} {args.direction}: error: {e}", file=sys.stderr)

@@ -16,6 +16,8 @@ import contextlib
 import json
 import multiprocessing
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -60,9 +62,17 @@ def make_encoder(tokenizer_json: str) -> Callable[[str], np.ndarray]:
 _worker_encoder: Callable[[str], np.ndarray] | None = None
 
 
-def _start_worker(tokenizer_json: str) -> None:
+def _start_worker(tokenizer_json: str, parent: int) -> None:
     global _worker_encoder
     _worker_encoder = make_encoder(tokenizer_json)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A SIGKILL of the parent skips the pool's shutdown: its workers would idle on, holding their memory."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
 
 
 def _encode_texts(texts: list[str], dtype: np.dtype) -> list[np.ndarray]:
@@ -107,7 +117,8 @@ def encode_pieces(
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(tokenizer_json,))
+    start = {"initializer": _start_worker, "initargs": (tokenizer_json, os.getpid())}
+    pool = ProcessPoolExecutor(workers, mp_context=context, **start)
     with tokenizers_single_threaded(), pool:
         pending: deque = deque()
         try:
@@ -172,7 +183,7 @@ def prepare_data(
         val_fraction = 0.0
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    protected = [] if isinstance(tokenizer, PreTrainedTokenizerBase) else [Path(tokenizer)]
+    given_tokenizer = [] if isinstance(tokenizer, PreTrainedTokenizerBase) else [Path(tokenizer)]
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         tokenizer = load_tokenizer(tokenizer)
     separator = separator_id(tokenizer)
@@ -186,9 +197,9 @@ def prepare_data(
     splitter = ValidationSplit(val_fraction)
     counts = {name: {"file": f"{name}.bin", "tokens": 0, "documents": 0} for name in SPLITS}
     end = np.array([separator], dtype=dtype)
-    inputs_inside = [path for c in corpora for path in c.paths]
+    inputs = given_tokenizer + [path for c in corpora for path in c.paths]
 
-    with atomic_directory(output_dir, overwrite, marker=MANIFEST, protected=protected + inputs_inside) as staging:
+    with atomic_directory(output_dir, overwrite, kind="prepare-data", inputs=inputs) as staging:
         with open(staging / "train.bin", "wb") as train, open(staging / "val.bin", "wb") as val:
             files = {"train": train, "val": val}
             tokenizer_json = backend_of(tokenizer).to_str()  # serialised once, shipped to every worker
@@ -241,9 +252,31 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST} in {data_dir}: prepare it with `hf-gpt prepare-data`")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is damaged (not valid JSON: {e}); prepare the data again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ValueError(f"{path} has format {found!r}, expected {FORMAT!r}")
+    splits = manifest.get("splits")
+    well_formed = (
+        isinstance(splits, dict)
+        and all(
+            isinstance(s, dict)
+            and isinstance(s.get("file"), str)
+            and Path(s["file"]).name == s["file"]
+            and isinstance(s.get("tokens"), int)
+            for s in splits.values()
+        )  # fmt: skip
+        and isinstance(manifest.get("tokenizer"), dict)
+        and isinstance(manifest["tokenizer"].get("fingerprint"), str)
+        and manifest.get("dtype") in ("uint16", "uint32")
+    )
+    if not well_formed:
+        raise ValueError(
+            f"{path} is damaged (its splits, tokenizer or dtype are missing or malformed); prepare the data again"
+        )
     return manifest
 
 

@@ -10,29 +10,28 @@ from typing import Any
 
 from .evaluation import evaluate_task, perplexity, results_record, results_table
 from .fewshot import FewShotTask, check_shots, read_task
-from .files import write_text_atomic
+from .files import check_output_file, read_text_file, write_output_file
 from .generate import load_for_generation
 from .synthetic_tasks import DEFAULT_TEST_SIZE, DEFAULT_TRAIN_SIZE, TASK_NAMES, make_task
 
 
 def read_texts(files: Sequence[str | os.PathLike]) -> list[str]:
-    texts = []
-    for file in files:
-        path = Path(file)
-        if not path.is_file():
-            raise FileNotFoundError(f"text file {path} does not exist")
-        try:
-            texts.append(path.read_bytes().decode("utf-8"))  # as on disk: CRLF counts two bytes
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return texts
+    return [read_text_file(file) for file in files]  # as on disk: CRLF counts two bytes
 
 
-def write_json(path: str | os.PathLike, record: dict[str, Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(record, indent=2) + "\n")
-    return path
+class ResultsFile:
+    """Where a command's JSON results go, checked before the work: an existing file is replaced only when it is
+    this command's earlier results, and never when it is one of the inputs or inside the model's folder."""
+
+    def __init__(self, path: str | os.PathLike, command: str, inputs: Sequence[str | os.PathLike]):
+        self.path, self.command = Path(path), command
+        self.inputs = [p for p in inputs if p is not None]
+        self.mark = f'"written_by": "{command}"'  # json.dumps writes the first key so
+        check_output_file(self.path, kind=command, inputs=self.inputs, mark=self.mark)
+
+    def write(self, record: dict[str, Any]) -> Path:
+        text = json.dumps({"written_by": self.command, **record}, indent=2) + "\n"
+        return write_output_file(self.path, text, kind=self.command, inputs=self.inputs, mark=self.mark)
 
 
 def eval_perplexity(
@@ -46,6 +45,7 @@ def eval_perplexity(
     trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """Perplexity of each file as one document; prints the figures and, with `output`, writes them as JSON."""
+    results_file = ResultsFile(output, "hf-gpt eval perplexity", [model, *files]) if output else None
     texts = read_texts(files)
     lm, tokenizer = load_for_generation(model, trust_remote_code)
     result = perplexity(lm, tokenizer, texts, block_size=block_size, stride=stride, batch_size=batch_size)
@@ -57,7 +57,7 @@ def eval_perplexity(
     )
     if output:
         record = {"model": str(model), "files": [str(f) for f in files], **figures}
-        print(f"results written to {write_json(output, record)}")
+        print(f"results written to {results_file.write(record)}")
     return figures
 
 
@@ -109,6 +109,9 @@ def eval_fewshot(
     """Score `task` at each shot count; prints a table and writes the results as JSON (default: fewshot-TASK.json
     in the current directory)."""
     loaded = load_fewshot_task(task, words_file=words_file, seed=seed, description=description)
+    results_file = ResultsFile(
+        output or f"fewshot-{loaded.name}.json", "hf-gpt eval fewshot", [model, task, words_file]
+    )
     for count in shots:  # before loading the model: a task without enough train examples fails fast
         check_shots(loaded, count)
     lm, tokenizer = load_for_generation(model, trust_remote_code)
@@ -116,6 +119,6 @@ def eval_fewshot(
     results = [evaluate_task(lm, tokenizer, loaded, count, **options) for count in shots]
     print(results_table(loaded, results))
     record = results_record(loaded, results, model=str(model), seed=seed)
-    path = write_json(output or f"fewshot-{loaded.name}.json", record)
+    path = results_file.write(record)
     print(f"results written to {path}")
     return record

@@ -75,8 +75,6 @@ def check_example(record: dict[str, Any], where: str) -> str:
 def read_task(path: str | Path, description: str = "") -> FewShotTask:
     """A task from a JSONL file; every example must be of the same kind, and some must be test examples."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"task file {path} does not exist")
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     kinds = set()
     for where, record in jsonl_objects(path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 from transformers.loss.loss_utils import ForCausalLMLoss
@@ -27,7 +28,9 @@ from .estimate import count_parameters
 from .files import atomic_directory, check_output_dir
 from .modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification
 from .optimization import make_optimizer
+from .ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, POSITIVE_INT, PROPORTION, SEED
 from .tasks import Task, add_task_tokens, encode_example, get_task, read_records, task_examples
+from .training import TrainingDiverged
 
 RESULTS_FILE = "eval_results.json"
 
@@ -56,44 +59,46 @@ class FinetuneArguments:
 
     def check(self) -> None:
         for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not 0 < self.val_fraction < 1 and self.validation is None:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if not 0 <= self.warmup_ratio <= 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
-        if self.lm_weight < 0:
-            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+            POSITIVE_INT.check(name, getattr(self, name))
+        POSITIVE_INT.check("max_length", self.max_length, optional=True)
+        SEED.check("seed", self.seed)
+        POSITIVE.check("learning_rate", self.learning_rate)
+        for name in ("weight_decay", "lm_weight"):
+            NON_NEGATIVE.check(name, getattr(self, name))
+        PROPORTION.check("warmup_ratio", self.warmup_ratio)
+        OPEN_UNIT.check("val_fraction", self.val_fraction)
         if not (Path(self.model) / "config.json").is_file():
             raise FileNotFoundError(f"no pretrained model in {self.model} (expected its config.json)")
         get_task(self.task)
 
 
-def label_names(examples: list[dict], task: Task) -> list[str]:
+def label_names(examples: list[tuple[str, dict]], task: Task) -> list[str]:
     """Class names in sorted order; multiple choice has none (the label is the right choice's index)."""
     if task.name == "multiple_choice":
         return []
-    return sorted({str(e["label"]) for e in examples})
+    return sorted({e["label"] for _, e in examples})
 
 
 def label_index(example: dict, task: Task, names: list[str], where: str) -> int:
-    if task.name != "multiple_choice":
-        if str(example["label"]) not in names:
-            raise ValueError(f"{where}: label {example['label']!r} did not occur in training ({names})")
-        return names.index(str(example["label"]))
-    label, count = int(example["label"]), len(example["choices"])
-    if not 0 <= label < count:
-        raise ValueError(f"{where}: label {label} is not the index of one of its {count} choices")
-    return label
+    if task.name == "multiple_choice":
+        return example["label"]  # an index in range, checked by task_examples
+    if example["label"] not in names:
+        raise ValueError(f"{where}: label {example['label']!r} did not occur in training ({names})")
+    return names.index(example["label"])
 
 
-def encode_all(examples, task, tokenizer, names, max_length, where) -> list[dict]:
-    choices = {len(e["choices"]) for e in examples} if task.name == "multiple_choice" else {1}
-    if len(choices) > 1:
-        raise ValueError(f"{where}: every example needs the same number of choices, found {sorted(choices)}")
+def encode_all(examples: list[tuple[str, dict]], task, tokenizer, names, max_length) -> list[dict]:
+    if task.name == "multiple_choice":  # the choices of a batch stack into one tensor
+        first, one = examples[0]
+        for where, e in examples:
+            if len(e["choices"]) != len(one["choices"]):
+                raise ValueError(
+                    f"{where}: {len(e['choices'])} choices, but {first} has {len(one['choices'])}; "
+                    "every example needs the same number"
+                )
     return [
         {"sequences": encode_example(tokenizer, task, e, max_length), "label": label_index(e, task, names, where)}
-        for e in examples
+        for where, e in examples
     ]
 
 
@@ -131,10 +136,10 @@ def task_forward(model, embedding, batch, task: Task, lm_weight: float) -> tuple
     return scores, loss
 
 
-def split_validation(args: FinetuneArguments, task: Task) -> tuple[list[dict], list[dict], str]:
-    train = task_examples(read_records(args.train), task, args.columns, where=args.train)
+def split_validation(args: FinetuneArguments, task: Task) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]], str]:
+    train = task_examples(read_records(args.train), task, args.columns, source=args.train)
     if args.validation is not None:
-        val = task_examples(read_records(args.validation), task, args.columns, where=args.validation)
+        val = task_examples(read_records(args.validation), task, args.columns, source=args.validation)
         return train, val, args.validation
     order = list(range(len(train)))
     random.Random(args.seed).shuffle(order)
@@ -177,7 +182,7 @@ def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
     args = args or FinetuneArguments(**kwargs)
     args.check()
     task = get_task(args.task)
-    check_output_dir(args.output_dir, args.overwrite, marker="config.json", protected=[args.model, args.train])
+    check_output_dir(args.output_dir, args.overwrite, kind="finetune", inputs=finetune_inputs(args))
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     if args.batch_size % accelerator.num_processes:
         raise ValueError(
@@ -197,8 +202,8 @@ def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
         raise ValueError(
             f"max_length {max_length} exceeds the model's context ({model.config.max_position_embeddings})"
         )
-    train = encode_all(train_rows, task, tokenizer, names, max_length, args.train)
-    val = encode_all(val_rows, task, tokenizer, names, max_length, val_source)
+    train = encode_all(train_rows, task, tokenizer, names, max_length)
+    val = encode_all(val_rows, task, tokenizer, names, max_length)
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     generator = torch.Generator().manual_seed(args.seed)
@@ -215,20 +220,31 @@ def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
 
     accelerator.print(
         f"{task.name}: {len(train)} training and {len(val)} validation examples ({val_source}); "
-        f"{len(names) or len(val_rows[0]['choices'])} {'classes' if names else 'choices'}"
+        f"{len(names) or len(val_rows[0][1]['choices'])} {'classes' if names else 'choices'}"
     )
     history = []
     bar = tqdm(total=total, desc=f"fine-tuning ({task.name})", disable=not accelerator.is_local_main_process)
+    step = 0
     for epoch in range(1, args.epochs + 1):
         for batch in train_loader:
+            step += 1
             _, loss = task_forward(model, embedding, batch, task, args.lm_weight)
+            # Every process checks the same mean before the update, so all stop together and a NaN never
+            # reaches the weights.
+            mean_loss = accelerator.reduce(loss.detach(), "mean").item()
+            if not math.isfinite(mean_loss):
+                bar.close()
+                raise TrainingDiverged(
+                    f"the loss is {mean_loss} at step {step} of {total} (epoch {epoch}); "
+                    f"fine-tuning stopped and nothing was written to {args.output_dir}"
+                )
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
         history.append({"epoch": epoch, "val_accuracy": accuracy(model, embedding, val_loader, task, accelerator)})
         accelerator.print(f"epoch {epoch}: validation accuracy {history[-1]['val_accuracy']:.4f}")
     bar.close()
@@ -241,17 +257,34 @@ def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
     return output
 
 
+def finetune_inputs(args: FinetuneArguments) -> list[str]:
+    return [p for p in (args.model, args.train, args.validation) if p is not None]
+
+
 def validation_name(args: FinetuneArguments) -> str:
     if args.validation is not None:
         return Path(args.validation).name
     return f"{Path(args.train).name} (held-out {args.val_fraction:.0%})"
 
 
+def check_finite(accelerator, state_dict: dict[str, torch.Tensor], args: FinetuneArguments) -> None:
+    """Refuse to save non-finite weights: a finite loss can still step them to inf (a huge learning rate)."""
+    names = [n for n, t in state_dict.items() if not torch.isfinite(t).all()] if accelerator.is_main_process else []
+    (names,) = broadcast_object_list([names])  # the main process holds the whole state dict; all raise together
+    if names:
+        raise TrainingDiverged(
+            f"{len(names)} weight tensors are not finite after fine-tuning (first: {names[0]}); nothing was "
+            f"written to {args.output_dir} (a learning rate too high, or non-finite weights in {args.model}?)"
+        )
+
+
 def save_finetuned(accelerator, model, tokenizer, args, task, results: dict[str, Any]) -> Path:
     state_dict = accelerator.get_state_dict(model)  # gathered whole under FSDP / DeepSpeed
+    check_finite(accelerator, state_dict, args)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        with atomic_directory(args.output_dir, args.overwrite, marker="config.json") as staging:
+        inputs = finetune_inputs(args)
+        with atomic_directory(args.output_dir, args.overwrite, kind="finetune", inputs=inputs) as staging:
             unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(staging)
             (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+
+from .files import looks_local, weights_as_value_errors
 
 
 def load_for_generation(
     model: str | os.PathLike, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The model (on the GPU when there is one, in eval mode) and its tokenizer."""
+    if looks_local(model) and not Path(model).is_dir():  # at once, rather than after the Hub's retries
+        raise FileNotFoundError(f"model folder {model} does not exist")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
-    lm = AutoModelForCausalLM.from_pretrained(str(model), trust_remote_code=trust_remote_code)
+    with weights_as_value_errors(model):
+        lm = AutoModelForCausalLM.from_pretrained(str(model), trust_remote_code=trust_remote_code)
     return lm.to(device).eval(), tokenizer
 
 

@@ -17,14 +17,17 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .fewshot import MULTIPLE_CHOICE, FewShotTask, stop_strings
-from .files import write_text_atomic
+from .files import check_apart, check_output_file, write_text_atomic
 
+KIND = "hf-gpt eval export-lm-eval"
+HEADER = f"# written by {KIND}\n"
 FIELDS = {MULTIPLE_CHOICE: ("context", "choices", "answer"), "completion": ("prompt", "target")}
 
 
@@ -83,18 +86,29 @@ def write_jsonl(path: Path, task: FewShotTask, records: list[dict[str, Any]]) ->
     write_text_atomic(path, "".join(json.dumps({f: r[f] for f in fields}) + "\n" for r in records))
 
 
-def export_lm_eval_task(task: FewShotTask, folder: str | os.PathLike, *, max_gen_toks: int = 32) -> Path:
-    """Write FOLDER/NAME.yaml with FOLDER/NAME.test.jsonl (and .train.jsonl); returns the YAML's path."""
+def export_lm_eval_task(
+    task: FewShotTask, folder: str | os.PathLike, *, max_gen_toks: int = 32, inputs: Sequence[str | os.PathLike] = ()
+) -> Path:
+    """Write FOLDER/NAME.yaml with FOLDER/NAME.test.jsonl (and .train.jsonl); returns the YAML's path.
+
+    The folder may hold other tasks and files: only an earlier export of the same task is replaced (its YAML
+    starts with our header), and never one of `inputs` (the task file the task was read from)."""
     folder = Path(folder).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
     name = lm_eval_name(task.name)
-    splits = {"test": task.test, **({"train": task.train} if task.train else {})}
-    data_files = {}
-    for split, records in splits.items():
-        path = folder / f"{name}.{split}.jsonl"
-        write_jsonl(path, task, records)
-        data_files[split] = str(path)
-    config = task_config(task, name, data_files, max_gen_toks)
     yaml_path = folder / f"{name}.yaml"
-    write_text_atomic(yaml_path, yaml.dump(config, Dumper=ReadableDumper, sort_keys=False, allow_unicode=True))
+    splits = {"test": task.test, **({"train": task.train} if task.train else {})}
+    data_paths = {split: folder / f"{name}.{split}.jsonl" for split in splits}
+    check_output_file(yaml_path, kind=KIND, inputs=inputs, mark=HEADER)
+    earlier_export = yaml_path.exists()  # then its data files are ours too
+    for path in data_paths.values():
+        if earlier_export:
+            check_apart(path, inputs)
+        else:  # no mark: an existing file of that name is someone else's
+            check_output_file(path, kind=KIND, inputs=inputs)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, records in splits.items():
+        write_jsonl(data_paths[split], task, records)
+    config = task_config(task, name, {split: str(path) for split, path in data_paths.items()}, max_gen_toks)
+    text = yaml.dump(config, Dumper=ReadableDumper, sort_keys=False, allow_unicode=True)
+    write_text_atomic(yaml_path, HEADER + text)
     return yaml_path

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .files import check_output_dir
 from .training import Trainer
 from .training_setup import PretrainArguments
 
@@ -96,10 +97,12 @@ def quickstart(output_dir: str | os.PathLike = "hf-gpt-quickstart", max_steps: i
             model_overrides=dict(MODEL_OVERRIDES),
             max_steps=max_steps,
             warmup_steps=min(WARMUP_STEPS, max_steps // 10),
-            overwrite=True,  # only ever replaces an earlier run folder (it checks for run.json)
+            overwrite=True,  # replaces only an earlier quickstart's own folder: the record must say "quickstart"
+            command="quickstart",
             **{**TRAINING, **overrides},
         )
         args.check()  # before the minutes of work below
+        check_output_dir(output_dir, args.overwrite, kind=args.command)
         write_corpus(corpus)
         trainer = Trainer(args)
         model_dir = trainer.run()

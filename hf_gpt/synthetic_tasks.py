@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .fewshot import COMPLETION, FewShotTask
+from .files import read_text_file
 
 # The paper scored 2000 test examples per arithmetic task and 10,000 per word task; these keep a CPU run short.
 DEFAULT_TEST_SIZE, DEFAULT_TRAIN_SIZE = 200, 50
@@ -144,11 +145,8 @@ def read_words(path: str | Path) -> list[str]:
     Whitespace separates words and punctuation around one is stripped ("(Hello)," gives "hello"); a token
     with anything else in it ("don't", "café", "x2") is dropped rather than cut into pieces that are no words.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"word list {path} does not exist")
     words: dict[str, None] = {}
-    for token in path.read_text(encoding="utf-8").split():
+    for token in read_text_file(path, "word list").split():
         word = _WORD_EDGES.sub("", token).lower()
         if len(word) >= MIN_WORD_LENGTH and word.isascii() and word.isalpha():
             words.setdefault(word)

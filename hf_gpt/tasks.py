@@ -14,6 +14,7 @@ tokenizer's post-processor, so the saved tokenizer applies them by itself: `toke
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import Any
 
 from tokenizers import processors
 from transformers import PreTrainedTokenizerBase
+
+from .files import read_text_file
 
 START, DELIMITER, EXTRACT = "<|start|>", "<|delim|>", "<|extract|>"
 
@@ -67,56 +70,130 @@ def add_task_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBa
     return tokenizer
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL (one object per line) or CSV (with a header) file."""
+def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """("path:line", row) for the rows of a JSONL (one object per line) or CSV (with a header) file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"task file {path} does not exist")
     if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f))
+        return list(csv_rows(path))
     if path.suffix not in (".jsonl", ".json"):
         raise ValueError(f"task file {path} must be .jsonl (one JSON object per line) or .csv")
-    return [record for _, record in jsonl_objects(path)]
+    return list(jsonl_objects(path))
+
+
+def csv_rows(path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """("path:line", {column: value}) for each row after the header, the line being the row's first.
+
+    A row that does not parse, or whose fields do not match the header, is a ValueError naming its line:
+    csv.DictReader would fill the gap with None or an extra None key, and the row would train as a class "None".
+    """
+    text = read_text_file(path, "task file").removeprefix("\ufeff")  # the byte-order mark of Excel's UTF-8 CSV
+    with io.StringIO(text, newline="") as f:
+        reader = csv.reader(f, strict=True)  # strict: an unclosed quote is an error, not a field up to the end
+        header, line = None, 1
+        try:
+            for row in reader:
+                where, line = f"{path}:{line}", reader.line_num + 1
+                if not row:  # a blank line
+                    continue
+                if header is None:
+                    header = row
+                    if len(set(header)) < len(header):
+                        raise ValueError(f"{where}: the header names a column twice ({header})")
+                elif len(row) != len(header):
+                    raise ValueError(
+                        f"{where}: {len(row)} fields, but the header has {len(header)} "
+                        "(an unquoted comma, or a quote left open?)"
+                    )
+                else:
+                    yield where, dict(zip(header, row, strict=True))
+        except csv.Error as e:
+            raise ValueError(f"{path}:{line}: not valid CSV ({e}; a quote left open?)") from None
 
 
 def jsonl_objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """("path:line", object) for each non-blank line; a line that is not a JSON object is a ValueError naming it."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield where, record
+    for number, line in enumerate(read_text_file(path, "task file").split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield where, record
 
 
 def task_examples(
-    rows: Sequence[dict[str, Any]], task: Task, columns: dict[str, list[str]] | None = None, where: str = "data"
-) -> list[dict[str, Any]]:
-    """Each row as {role: value} for the task's roles. `columns` maps a role to the column(s) holding it
-    (default: the role's own name); several columns for `choices` are gathered into one list."""
+    records: Sequence[tuple[str, dict[str, Any]]],
+    task: Task,
+    columns: dict[str, list[str]] | None = None,
+    source: str = "data",
+) -> list[tuple[str, dict[str, Any]]]:
+    """("path:line", {role: value}) for each record of `read_records`, its values checked.
+
+    `columns` maps a role to the column(s) holding it (default: the role's own name); several columns for
+    `choices` are gathered into one list. Inputs are strings; `choices` a list of at least 2 strings.
+    The label of a classification, entailment or similarity example is its class name: a string, an integer
+    or a boolean, kept as written (1 becomes "1", true "true"). A float is refused, 1.0 included: in the
+    Hugging Face convention (run_glue) a float label means regression, which fine-tuning here does not do.
+    A multiple-choice label is the right choice's index: an integer, or its digits as a string (as CSV has it).
+    """
     columns = {role: (columns or {}).get(role, [role]) for role in task.roles}
     examples = []
-    for number, row in enumerate(rows, 1):
+    for where, row in records:
         example = {}
         for role, names in columns.items():
             missing = [n for n in names if n not in row]
             if missing:
-                raise ValueError(f"{where}, row {number}: no column {missing[0]!r} for {role} (has {sorted(row)})")
-            value = [row[n] for n in names] if len(names) > 1 else row[names[0]]
-            if role == "choices" and isinstance(value, str):
-                raise ValueError(f"{where}, row {number}: choices must be a list, or give several columns")
-            example[role] = value
-        examples.append(example)
+                raise ValueError(f"{where}: no column {missing[0]!r} for {role} (has {sorted(row)})")
+            nulls = [n for n in names if row[n] is None]
+            if nulls:
+                raise ValueError(f"{where}: {nulls[0]} is null; every example needs its {role}")
+            example[role] = [row[n] for n in names] if len(names) > 1 else row[names[0]]
+        for role in task.inputs:
+            example[role] = checked_input(example[role], role, where)
+        if task.name == "multiple_choice":
+            example["label"] = choice_label(example["label"], len(example["choices"]), where)
+        else:
+            example["label"] = class_label(example["label"], where)
+        examples.append((where, example))
     if not examples:
-        raise ValueError(f"{where} has no examples")
+        raise ValueError(f"{source} has no examples")
     return examples
+
+
+def checked_input(value: Any, role: str, where: str) -> str | list[str]:
+    if role == "choices":
+        if isinstance(value, str):
+            raise ValueError(f"{where}: choices must be a list, or give several columns")
+        if not (isinstance(value, list) and len(value) >= 2 and all(isinstance(c, str) for c in value)):
+            raise ValueError(f"{where}: choices must be a list of at least 2 strings, got {value!r}")
+    elif not isinstance(value, str):
+        raise ValueError(f"{where}: {role} must be a string, got {value!r}")
+    return value
+
+
+def class_label(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{where}: label is empty; every example needs its label")
+        return value
+    if isinstance(value, int):  # bool included
+        return json.dumps(value)  # as written in JSON: 1, true
+    regression = " (a float label means regression, which fine-tuning does not do)" if isinstance(value, float) else ""
+    raise ValueError(f"{where}: label {value!r} is not a class name: write classes as strings or integers{regression}")
+
+
+def choice_label(value: Any, count: int, where: str) -> int:
+    if isinstance(value, str) and value.strip().isdecimal() and value.isascii():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: label {value!r} must be the index of the right choice, an integer")
+    if not 0 <= value < count:
+        raise ValueError(f"{where}: label {value} is not the index of one of its {count} choices")
+    return value
 
 
 def encode_example(

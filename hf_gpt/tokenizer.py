@@ -22,7 +22,7 @@ from .files import atomic_directory, check_output_dir
 
 SEPARATOR = "<|endoftext|>"
 BYTE_ALPHABET = 256
-TOKENIZER_MARKER = "tokenizer_config.json"  # a folder holding it may be overwritten by a new tokenizer
+KIND = "train-tokenizer"
 
 
 def byte_level_tokenizer(model: models.BPE) -> Tokenizer:
@@ -88,7 +88,7 @@ def train_bpe_tokenizer(
         )
     corpus = Corpus(inputs, text_field=text_field, split=split, invalid_utf8=invalid_utf8)
     if output_dir is not None:
-        check_output_dir(output_dir, overwrite, marker=TOKENIZER_MARKER, protected=corpus.paths)
+        check_output_dir(output_dir, overwrite, kind=KIND, inputs=corpus.paths)
     tokenizer = byte_level_tokenizer(models.BPE())
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -103,7 +103,7 @@ def train_bpe_tokenizer(
     if corpus.replaced_bytes:
         print(f"replaced {corpus.replaced_bytes} invalid UTF-8 bytes with U+FFFD")
     if output_dir is not None:
-        save_tokenizer(result, output_dir, overwrite=overwrite)
+        save_tokenizer(result, output_dir, overwrite=overwrite, inputs=corpus.paths)
     return result
 
 
@@ -131,18 +131,29 @@ def tokenizer_from_gpt2_files(
     return as_transformers_tokenizer(tokenizer, special_tokens, model_max_length)
 
 
-def save_tokenizer(tokenizer: PreTrainedTokenizerBase, output_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+def save_tokenizer(
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
+) -> Path:
     """`save_pretrained` into a temporary folder, renamed into place only once complete."""
-    with atomic_directory(output_dir, overwrite, marker=TOKENIZER_MARKER) as staging:
+    with atomic_directory(output_dir, overwrite, kind=KIND, inputs=inputs) as staging:
         tokenizer.save_pretrained(staging)
     print(f"tokenizer ({len(tokenizer)} tokens) saved to {output_dir}")
     return Path(output_dir)
 
 
 def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """A tokenizer folder; what is missing or broken in it is a clear error naming the folder."""
     if not Path(path).is_dir():
         raise FileNotFoundError(f"tokenizer folder {path} does not exist")
-    return AutoTokenizer.from_pretrained(str(path))
+    if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{path} holds no tokenizer (no tokenizer.json, vocab.json or tokenizer_config.json)")
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # tokenizers and transformers raise many kinds for a damaged file
+        raise ValueError(f"the tokenizer in {path} cannot be loaded: {e}") from None
 
 
 def backend_of(tokenizer: PreTrainedTokenizerBase | Tokenizer) -> Tokenizer:

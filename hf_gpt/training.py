@@ -4,7 +4,7 @@ A run folder holds everything one run makes:
     run.json        the arguments (checked on --resume)
     tokenizer/      trained here when no tokenizer was given
     data/           prepared here when raw text was given
-    checkpoints/    step-00000100/ ... (Accelerate state; the last K kept)
+    checkpoints/    step-00000100/ ... (Accelerate state and training_state.json; the last K kept)
     logs/           metrics.jsonl, and TensorBoard events when it is installed
     model/          the result: save_pretrained folder with tokenizer, generation config and model card
 
@@ -17,6 +17,7 @@ so resuming (or changing the number of processes) replays exactly the batches a 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Iterator
@@ -26,12 +27,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from .cards import render_card, write_card
-from .checkpoints import latest_checkpoint, remove_unfinished, save_checkpoint
+from .checkpoints import latest_checkpoint, load_checkpoint, remove_unfinished, save_checkpoint
 from .configuration_hf_gpt import HfGptConfig
 from .data import available_cores
 from .estimate import count_parameters, flops_per_token
@@ -53,17 +56,10 @@ from .training_setup import (
 
 @dataclass
 class Progress:
-    """The data position and counters, saved in every checkpoint (Accelerate calls the two methods)."""
+    """The data position and counters, saved in every checkpoint."""
 
     step: int = 0
     train_seconds: float = 0.0
-
-    def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
 
 
 class TrainingDiverged(RuntimeError):
@@ -137,7 +133,10 @@ class Trainer:
         # Not prepared: Accelerate would step it once per process (see make_scheduler).
         self.scheduler = make_scheduler(self.optimizer, args.warmup_steps, args.max_steps, args.final_lr_ratio)
         self.progress = Progress()
-        self.accelerator.register_for_checkpointing(self.scheduler, self.progress)
+
+    def training_state(self) -> dict[str, Any]:
+        """What a checkpoint holds besides Accelerate's state: plain JSON values, nothing to unpickle."""
+        return {"progress": dataclasses.asdict(self.progress), "scheduler": self.scheduler.state_dict()}
 
     def resume(self) -> None:
         checkpoints = self.output / "checkpoints"
@@ -145,7 +144,12 @@ class Trainer:
             remove_unfinished(checkpoints)
         latest = latest_checkpoint(checkpoints) if self.args.resume else None
         if latest is not None:
-            self.accelerator.load_state(str(latest))
+            state = load_checkpoint(self.accelerator, latest)
+            try:
+                self.progress = Progress(**state["progress"])
+                self.scheduler.load_state_dict(state["scheduler"])
+            except (KeyError, TypeError) as e:
+                raise ValueError(f"{latest} holds a training state this version cannot read ({e!r})") from None
             self.accelerator.print(f"resumed from {latest} (step {self.progress.step})")
 
     def train_loader(self) -> torch.utils.data.DataLoader:
@@ -223,6 +227,10 @@ class Trainer:
         args, accelerator = self.args, self.accelerator
         self.build_model()
         self.resume()
+        if self.progress.step >= args.max_steps:  # resumed after the last step: nothing left to train
+            model_dir = self.finish_completed_run()
+            accelerator.end_training()
+            return model_dir
         accelerator.init_trackers("hf_gpt", config={k: str(v) for k, v in args.to_json().items()})
         self.val = self.val_loader()
         precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
@@ -252,11 +260,11 @@ class Trainer:
                     if stopping:
                         break
             except TrainingDiverged as e:
-                self.bar.close()
                 latest = latest_checkpoint(self.output / "checkpoints")
                 kept = f"the last good checkpoint is {latest}" if latest else "no checkpoint was saved before it"
                 raise TrainingDiverged(f"{e}; training stopped, {kept}") from None
-            self.bar.close()
+            finally:
+                self.bar.close()  # before any message: an error (a checkpoint not saved) gets a line of its own
             if stopping:
                 accelerator.print(f"interrupted at step {self.progress.step}: saved a checkpoint and the model")
             model_dir = self.save_model(self.last_eval, interrupted=stopping)
@@ -289,12 +297,31 @@ class Trainer:
                     f"{self.last_eval['val_nats_per_char']:.4f} nats/char"
                 )
         if step % args.save_every == 0 or last or stopping:
-            save_checkpoint(accelerator, self.output / "checkpoints", step, args.keep_checkpoints)
+            save_checkpoint(
+                accelerator, self.output / "checkpoints", step, args.keep_checkpoints, self.training_state()
+            )
 
     def log(self, step: int, values: dict[str, Any]) -> None:
         values = {k: v for k, v in values.items() if v is not None}
         self.accelerator.log(values, step=step)
         self.metrics.write(step, values)
+
+    def finish_completed_run(self) -> Path:
+        """A run killed after its last checkpoint but before writing its model, or resumed once more when done:
+        write the model from the final weights (evaluating once, for the card) unless it is already there."""
+        accelerator, target = self.accelerator, self.output / "model"
+        state_dict = accelerator.get_state_dict(self.model)  # gathered whole under FSDP / DeepSpeed
+        # A model saved on an earlier Ctrl-C is there too, but holds older weights.
+        written = [accelerator.is_main_process and holds_weights(target, state_dict)]
+        broadcast_object_list(written)  # the main process decides, so that all evaluate or none
+        if written[0]:
+            accelerator.print(f"{self.output} is complete ({self.progress.step} steps): the model is in {target}")
+            return target
+        accelerator.print(
+            f"{self.output} finished training, but its final model was not written: writing it from the last checkpoint"
+        )
+        val = self.val_loader()
+        return self.save_model({} if val is None else self.evaluate(val))
 
     def save_model(self, evaluation: dict[str, float], interrupted: bool = False) -> Path:
         """The usable result: a save_pretrained folder with tokenizer, generation config and card."""
@@ -304,7 +331,7 @@ class Trainer:
         if accelerator.is_main_process:
             model = accelerator.unwrap_model(self.model)
             model.generation_config = sampling_defaults(self.config)
-            with atomic_directory(target, overwrite=True) as staging:
+            with atomic_directory(target, overwrite=True, kind=self.args.command) as staging:
                 model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
                 self.tokenizer.save_pretrained(staging)
                 write_card(self.card(evaluation, interrupted), staging)
@@ -352,6 +379,22 @@ class Trainer:
             if evaluation
             else [],
         )
+
+
+def holds_weights(model_dir: Path, state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether the saved model in `model_dir` has exactly these weights (tied copies are saved once)."""
+    index = model_dir / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        else:
+            files = ["model.safetensors"]
+        saved = {name: tensor for file in files for name, tensor in load_file(model_dir / file).items()}
+    except (OSError, ValueError, KeyError, SafetensorError):  # missing, partly deleted or unreadable
+        return False
+    return bool(saved) and all(
+        name in state_dict and torch.equal(tensor, state_dict[name].cpu()) for name, tensor in saved.items()
+    )
 
 
 def private_generator() -> torch.Generator:

@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from transformers import PreTrainedTokenizerBase
 
 from .configuration_hf_gpt import PRESETS, HfGptConfig
 from .data import MANIFEST, TokenBlocks, prepare_data, read_manifest
 from .documents import INVALID_UTF8_POLICIES
-from .files import check_output_dir, write_text_atomic
+from .files import check_output_dir, write_record, write_text_atomic
+from .ranges import NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROPORTION, SEED, SHARE
 from .tokenizer import load_tokenizer, train_bpe_tokenizer
 
 RUN_FILE = "run.json"
@@ -66,21 +67,23 @@ class PretrainArguments:
     peak_tflops: float | None = None  # per device, for MFU; None measures a large matmul
     resume: bool = False
     overwrite: bool = False
+    command: str = "pretrain"  # the kind of command that owns the run folder (quickstart runs are its own)
 
     def check(self) -> None:
-        positive = ("batch_size", "max_steps", "eval_every", "save_every", "keep_checkpoints", "log_every")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        counts = ("vocab_size", "batch_size", "max_steps", "eval_every", "save_every", "keep_checkpoints", "log_every")
+        for name in counts:
+            POSITIVE_INT.check(name, getattr(self, name))
         for name in ("block_size", "micro_batch_size", "eval_blocks"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.final_lr_ratio <= 1:
-            raise ValueError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
+            POSITIVE_INT.check(name, getattr(self, name), optional=True)
+        for name in ("learning_rate", "adam_eps", "max_grad_norm"):
+            POSITIVE.check(name, getattr(self, name))
+        NON_NEGATIVE.check("weight_decay", self.weight_decay)
+        PROPORTION.check("final_lr_ratio", self.final_lr_ratio)
+        SHARE.check("val_fraction", self.val_fraction)
+        SEED.check("seed", self.seed)
+        POSITIVE.check("peak_tflops", self.peak_tflops, optional=True)
+        if len(self.adam_betas) != 2 or not all(SHARE.contains(beta) for beta in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}")
         if self.mixed_precision not in (None, *MIXED_PRECISION):
@@ -91,7 +94,22 @@ class PretrainArguments:
             raise ValueError("no training data given")
 
     def to_json(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples become lists, as when read back
+        """As run.json records it: tuples as lists, and the paths made absolute, so that a resume from another
+        working directory, or naming the folder another way, is still the same run."""
+        values = json.loads(json.dumps(dataclasses.asdict(self)))
+        values["output_dir"] = str(Path(self.output_dir).resolve())
+        for name in ("tokenizer", "model"):
+            values[name] = absolute(values[name])
+        for name in ("data", "val_inputs"):
+            values[name] = None if values[name] is None else [absolute(p) for p in values[name]]
+        return values
+
+
+def absolute(path: str | None) -> str | None:
+    """An existing path as one absolute spelling; anything else (a preset name) as it is."""
+    if path is None or path in PRESETS or not Path(path).exists():
+        return path
+    return str(Path(path).resolve())
 
 
 def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> tuple[Path, bool]:
@@ -99,12 +117,12 @@ def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> tup
     Returns the folder and whether this run created it (rather than resuming in it)."""
     output = Path(args.output_dir)
     run_file = output / RUN_FILE
-    named = [*args.data, *(args.val_inputs or []), args.tokenizer]
-    inputs = [p for p in named if p is not None and Path(p).exists()]
+    named = [*args.data, *(args.val_inputs or []), args.tokenizer, args.model]
+    inputs = [p for p in named if p is not None and p not in PRESETS]
     resuming = args.resume and run_file.is_file()
     if accelerator.is_main_process:
         if resuming:
-            earlier = json.loads(run_file.read_text(encoding="utf-8"))
+            earlier = read_run_file(run_file)
             changed = sorted(
                 name
                 for name, value in args.to_json().items()
@@ -116,13 +134,25 @@ def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> tup
                     f"(see {run_file}); start a new run folder instead"
                 )
         else:
-            check_output_dir(output, args.overwrite or args.resume, marker=RUN_FILE, protected=inputs)
-            if output.exists() and any(output.iterdir()):  # an earlier run, replaced (--overwrite)
+            check_output_dir(output, args.overwrite, kind=args.command, inputs=inputs)
+            if output.exists() and any(output.iterdir()):  # an earlier run of ours, replaced (--overwrite)
                 shutil.rmtree(output)
             output.mkdir(parents=True, exist_ok=True)
             write_text_atomic(run_file, json.dumps(args.to_json(), indent=2) + "\n")
+            # tokenizer/, data/ and model/ carry records of their own; checkpoints and logs grow as the run goes
+            write_record(output, args.command, owned_folders=("checkpoints", "logs"))
     accelerator.wait_for_everyone()
     return output, not resuming
+
+
+def read_run_file(path: Path) -> dict:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); it cannot be resumed: start a new run folder") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} does not hold a run's arguments (a JSON object); start a new run folder")
+    return values
 
 
 @contextlib.contextmanager
@@ -186,38 +216,57 @@ def parse_override(text: str) -> tuple[str, Any]:
         return name, value
 
 
+def config_values(model: str) -> dict[str, Any]:
+    """The settings of a preset, or of a config.json (or a folder holding one)."""
+    if model in PRESETS:
+        return dict(PRESETS[model])
+    path = Path(model)
+    if not (path.is_file() or (path / "config.json").is_file()):
+        raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
+    file = path if path.is_file() else path / "config.json"
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file} is not a valid JSON config ({e})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{file} is not a config (a JSON object of settings)")
+    return values
+
+
 def load_config(model: str, overrides: dict[str, Any] | None = None) -> HfGptConfig:
     """A preset name, or a config.json (or a folder holding one), with overrides on top.
 
     (`build_config` builds on this and fits the vocabulary and token ids to a tokenizer.)
     """
-    overrides = overrides or {}
-    if model in PRESETS:
-        return HfGptConfig.from_preset(model, **overrides)
-    path = Path(model)
-    if not (path.is_file() or (path / "config.json").is_file()):
-        raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
-    values = HfGptConfig.from_json_file(str(path if path.is_file() else path / "config.json")).to_dict()
-    return HfGptConfig.from_values(values, **overrides)
+    try:
+        return HfGptConfig.from_values(config_values(model), **(overrides or {}))
+    except TypeError as e:  # e.g. a string where a number belongs
+        raise ValueError(f"model config {model}: {e}") from None
 
 
 def build_config(model: str, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> HfGptConfig:
-    """A preset or config file, with overrides; the vocabulary follows the tokenizer unless set explicitly."""
-    # The token ids come from the tokenizer below; unset until then so the vocabulary check speaks first.
-    unset = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-    # A preset or config file gives the architecture; the vocabulary is the tokenizer's unless overridden.
-    vocab = {} if "vocab_size" in overrides else {"vocab_size": len(tokenizer)}
-    config = load_config(model, {**vocab, **overrides, **unset})
-    if config.vocab_size < len(tokenizer):
+    """A preset or config file, with overrides, fitted to the tokenizer: the vocabulary becomes the tokenizer's,
+    unless `vocab_size` is overridden (e.g. padded to a multiple of 64). A vocabulary the user wrote (in a config
+    file, or as an override) that is smaller than the tokenizer's is refused. The token ids become the
+    tokenizer's. Every change to a config file's values is printed."""
+    given = {**config_values(model), **overrides}
+    # Our tokenizers (and GPT-2's) use one token for both bos and eos: the document separator.
+    fitted = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
+              "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    if "vocab_size" not in overrides:
+        fitted["vocab_size"] = len(tokenizer)
+    written = overrides.get("vocab_size", None if model in PRESETS else given.get("vocab_size"))
+    if written is not None and (not isinstance(written, int) or written < len(tokenizer)):
         raise ValueError(
-            f"the model's vocab_size ({config.vocab_size}) is smaller than the tokenizer's vocabulary "
+            f"the model's vocab_size ({written}) is smaller than the tokenizer's vocabulary "
             f"({len(tokenizer)} tokens): token ids would fall outside the embedding table; "
             f"set vocab_size >= {len(tokenizer)}"
         )
-    # Our tokenizers (and GPT-2's) use one token for both: the document separator.
-    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
+    config = load_config(model, {**overrides, **fitted})
     config.check()
+    changes = [f"{name} {given.get(name)} -> {value}" for name, value in fitted.items() if given.get(name) != value]
+    if changes and PartialState().is_main_process:
+        print(f"model config {model}: fitted to the tokenizer: {', '.join(changes)}")
     return config
 
 

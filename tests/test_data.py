@@ -307,7 +307,7 @@ def test_overwrite_never_removes_inputs_or_foreign_folders(trained_tokenizer_dir
         prepare_data([inside], trained_tokenizer_dir, folder, overwrite=True, workers=1)
     with pytest.raises(ValueError, match="inside the output folder"):
         prepare_data([jsonl_corpus], trained_tokenizer_dir, trained_tokenizer_dir.parent, overwrite=True, workers=1)
-    with pytest.raises(ValueError, match="has no manifest.json"):
+    with pytest.raises(ValueError, match="has no .hf_gpt-output.json, so it is not an earlier output"):
         prepare_data([jsonl_corpus], trained_tokenizer_dir, folder, overwrite=True, workers=1)
     assert inside.exists()
     prepare_data([jsonl_corpus], trained_tokenizer_dir, tmp_path / "data", workers=1)

@@ -308,7 +308,7 @@ def test_accuracy_rises_with_shots_on_a_model_trained_for_it(tmp_path):
 def test_cli_counts_must_be_positive(model_dir, capsys, option, value):
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "fewshot", str(model_dir), "arithmetic-2d+", option, value])
-    assert exit_.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {option}: must be an integer >= 1" in capsys.readouterr().err
 
 
 def test_an_answer_merging_into_its_context_is_named(model, tokenizer):

@@ -1,6 +1,7 @@
 """GPT-1 style fine-tuning: task transforms in the tokenizer, the four task shapes, results that load."""
 
 import json
+import math
 import random
 import subprocess
 
@@ -14,6 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipe
 from hf_gpt import HfGptDoubleHeadsModel, HfGptForCausalLM
 from hf_gpt.finetuning import FinetuneArguments, finetune, task_forward
 from hf_gpt.tasks import DELIMITER, EXTRACT, START, add_task_tokens, get_task
+from hf_gpt.training import TrainingDiverged
 
 WORDS = "the a quick brown fox jumps over lazy dog cat sat on mat it was best of times".split()
 
@@ -173,7 +175,7 @@ def test_cli_csv_with_renamed_columns(base_model, tmp_path):
     "rows, task, message",
     [
         ([{"text": "x", "label": "a"}] * 10, "classification", r"a single label \['a'\]"),
-        ([{"sentence": "x", "label": "a"}] * 10, "classification", r"row 1: no column 'text' for text"),
+        ([{"sentence": "x", "label": "a"}] * 10, "classification", r"train.jsonl:1: no column 'text' for text"),
         ([{"context": "x", "choices": ["a", "b"], "label": 2}] * 10, "multiple_choice", "label 2 is not the index"),
         ([{"text": "x", "label": "a"}] * 10, "summarisation", "unknown task 'summarisation'"),
     ],
@@ -182,4 +184,106 @@ def test_bad_task_files_are_named(base_model, tmp_path, rows, task, message):
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     with pytest.raises(ValueError, match=message):
         finetune(tiny_run(tmp_path, base_model, train, task))
+    assert not (tmp_path / "out").exists()
+
+
+CSV_LINES = ["text,label", *(f"{r['text']},{r['label']}" for r in sentiment_rows(8, seed=6))]
+CHOICES = {"context": "which?", "choices": ["a", "b", "c"], "label": 1}
+
+
+def jsonl_lines(*rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def csv_lines(*lines) -> str:
+    return "".join(line + "\n" for line in lines)
+
+
+@pytest.mark.parametrize(
+    "name, text, task, message",
+    [
+        # A blank line is still a line: the bad row is the file's line 7.
+        ("train.jsonl", jsonl_lines(*sentiment_rows(5, seed=7)) + "\n" + jsonl_lines({"text": "x", "label": None}),
+         "classification", r"train.jsonl:7: label is null; every example needs its label"),
+        ("train.jsonl", jsonl_lines(*sentiment_rows(4, seed=7), {"text": None, "label": "positive"}),
+         "classification", r"train.jsonl:5: text is null"),
+        ("train.jsonl", jsonl_lines(*sentiment_rows(4, seed=7), {"text": "x", "label": 0.5}),
+         "classification", r"train.jsonl:5: label 0.5 is not a class name.*regression"),
+        # csv.DictReader read the rest of the file into the open quote's field, and the row as class "None".
+        ("train.csv", csv_lines(*CSV_LINES[:3], '"an open quote,positive', *CSV_LINES[3:]),
+         "classification", r"train.csv:4: not valid CSV \(unexpected end of data; a quote left open\?\)"),
+        ("train.csv", csv_lines(*CSV_LINES, "an unquoted, comma,negative"),
+         "classification", r"train.csv:10: 3 fields, but the header has 2"),
+        ("train.jsonl", jsonl_lines(*[CHOICES] * 9, {**CHOICES, "label": 1.7}),
+         "multiple_choice", r"train.jsonl:10: label 1.7 must be the index of the right choice"),
+        ("train.jsonl", jsonl_lines(*[CHOICES] * 9, {**CHOICES, "label": None}),
+         "multiple_choice", r"train.jsonl:10: label is null"),
+        ("train.jsonl", jsonl_lines({**CHOICES, "choices": 5}, *[CHOICES] * 9),
+         "multiple_choice", r"train.jsonl:1: choices must be a list of at least 2 strings, got 5"),
+        ("train.jsonl", jsonl_lines(*[CHOICES] * 9, {**CHOICES, "choices": ["a", "b"]}),
+         "multiple_choice", r"train.jsonl:10: 2 choices, but .*train.jsonl:1 has 3; every example needs the same"),
+    ],
+)  # fmt: skip
+def test_bad_rows_are_named_by_file_and_line(base_model, tmp_path, name, text, task, message):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):  # the file validates itself: no held-out split reorders its rows
+        finetune(tiny_run(tmp_path, base_model, str(path), task, validation=str(path)))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"learning_rate": 0.0}, r"learning_rate must be a finite number > 0, got 0.0"),
+        ({"learning_rate": math.inf}, r"learning_rate must be a finite number > 0, got inf"),
+        ({"weight_decay": -1.0}, r"weight_decay must be a finite number >= 0, got -1.0"),
+        ({"weight_decay": math.nan}, r"weight_decay must be a finite number >= 0, got nan"),
+        ({"lm_weight": math.nan}, r"lm_weight must be a finite number >= 0, got nan"),
+        ({"max_length": 0}, r"max_length must be an integer >= 1 or None, got 0"),
+        ({"seed": -1}, r"seed must be an integer in \[0, .*\], got -1"),
+    ],
+)
+def test_bad_numbers_are_refused_by_name(base_model, tmp_path, override, message):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20, seed=8))
+    with pytest.raises(ValueError, match=message):
+        finetune(tiny_run(tmp_path, base_model, train, "classification", **override))
+    assert not (tmp_path / "out").exists()
+
+
+# Adam moves every weight by about the learning rate: 1e30 makes the second step's forward overflow.
+DIVERGING = dict(learning_rate=1e30, warmup_ratio=0.0, epochs=1, batch_size=4)
+
+
+def test_a_non_finite_loss_stops_before_the_update_naming_the_step(base_model, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20, seed=9))  # 16 rows: 4 steps
+    with pytest.raises(TrainingDiverged, match=r"the loss is nan at step 2 of 4 \(epoch 1\); .*nothing was written"):
+        finetune(tiny_run(tmp_path, base_model, train, "classification", **DIVERGING))
+    assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_weights_are_never_saved(base_model, tmp_path):
+    # An inf in a position no example reaches: every loss is finite, and training (no gradient, no decay
+    # for embeddings) leaves the inf where it is, to be caught when saving.
+    model = HfGptForCausalLM.from_pretrained(base_model)
+    with torch.no_grad():
+        model.transformer.wpe.weight[-1, 0] = math.inf
+    model.save_pretrained(tmp_path / "base")
+    AutoTokenizer.from_pretrained(base_model).save_pretrained(tmp_path / "base")
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20, seed=10))
+    with pytest.raises(TrainingDiverged, match=r"1 weight tensors are not finite .*wpe.weight.*nothing was written"):
+        finetune(tiny_run(tmp_path, tmp_path / "base", train, "classification", epochs=1, max_length=32))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_exits_1_with_one_line_when_fine_tuning_diverges(base_model, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20, seed=9))
+    done = subprocess.run(
+        [console_script(), "finetune", str(base_model), train, "--task", "classification", "--output",
+         str(tmp_path / "out"), "--lr", "1e30", "--warmup-ratio", "0", "--epochs", "1", "--batch-size", "4"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1].startswith("hf-gpt finetune: the loss is nan at step 2 of 5")  # 18 rows
+    assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()

@@ -1,8 +1,12 @@
 """Pretraining with Accelerate: schedule, optimizer groups, data order, checkpoints, resume, errors, results."""
 
+import dataclasses
+import errno
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,12 +19,13 @@ import torch
 from accelerate.state import AcceleratorState
 from conftest import varied_text
 from huggingface_hub import ModelCard
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from test_tokenizer import console_script
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from hf_gpt import HfGptConfig, HfGptForCausalLM
 from hf_gpt.checkpoints import complete_checkpoints
+from hf_gpt.cli import main
 from hf_gpt.data import prepare_data
 from hf_gpt.optimization import parameter_groups, warmup_cosine
 from hf_gpt.training import SamplePositions, TrainingDiverged, pretrain
@@ -158,7 +163,7 @@ def test_unwritable_or_foreign_output_is_refused(tmp_path, prepared, trained_tok
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="is not empty"):
         pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir))
-    with pytest.raises(ValueError, match="has no run.json"):
+    with pytest.raises(ValueError, match="has no .hf_gpt-output.json, so it is not an earlier output of .pretrain."):
         pretrain(tiny_args(tmp_path, prepared, trained_tokenizer_dir, overwrite=True))
     assert (foreign / "notes.txt").read_text() == "mine"
     if os.geteuid() != 0:  # root may write anywhere
@@ -370,6 +375,123 @@ def test_ctrl_c_saves_a_loadable_model(tmp_path, prepared, trained_tokenizer_dir
     model = AutoModelForCausalLM.from_pretrained(run / "model")
     assert model.config.vocab_size == 700
     assert "(interrupted)" in (run / "model" / "README.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Finished runs, tampered checkpoints, checkpoints that cannot be written
+
+# `hf-gpt pretrain ...` killed for real (SIGKILL) at the worst moment: its last checkpoint saved, its model not yet.
+KILLED_BEFORE_THE_MODEL = """
+import os, signal, sys
+from hf_gpt import training
+training.Trainer.save_model = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+from hf_gpt.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def resumed(args: PretrainArguments) -> Path:
+    AcceleratorState._reset_state(reset_partial_state=True)  # as in a new process
+    return pretrain(dataclasses.replace(args, resume=True))
+
+
+def test_resuming_a_finished_run_writes_its_missing_model_once(tmp_path, prepared, trained_tokenizer_dir, capsys):
+    args = tiny_args(tmp_path, prepared, trained_tokenizer_dir, max_steps=4, save_every=2, eval_every=2)
+    model_dir = pretrain(args)
+    expected, card = weights(model_dir), (model_dir / "README.md").read_text()
+    shutil.rmtree(model_dir)  # as if killed after the last checkpoint, before the model was written
+    capsys.readouterr()
+
+    assert resumed(args) == model_dir
+    assert "finished training, but its final model was not written" in capsys.readouterr().out
+    rewritten = weights(model_dir)
+    assert rewritten.keys() == expected.keys() and all(torch.equal(rewritten[k], expected[k]) for k in expected)
+    assert (model_dir / "README.md").read_text() == card  # the same steps, time and (recomputed) validation scores
+
+    # Resumed once more: the run is complete and its model is left as it is.
+    written = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert resumed(args) == model_dir
+    assert f"is complete (4 steps): the model is in {model_dir}" in capsys.readouterr().out
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == written
+
+    # A model from an earlier step (saved on Ctrl-C before the run was resumed) is not the run's result.
+    save_file({name: tensor + 1 for name, tensor in expected.items()}, model_dir / "model.safetensors")
+    resumed(args)
+    assert "its final model was not written" in capsys.readouterr().out
+    assert all(torch.equal(weights(model_dir)[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow
+def test_killed_before_writing_its_model_then_resumed_exits_0(tmp_path, prepared, trained_tokenizer_dir):
+    run = tmp_path / "run"
+    command = cli_pretrain(prepared, trained_tokenizer_dir, run, "--max-steps", "4", "--save-every", "2")
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_THE_MODEL, *command[1:]], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert complete_checkpoints(run / "checkpoints")[-1].name == "step-00000004" and not (run / "model").exists()
+
+    done = subprocess.run([*command, "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "writing it from the last checkpoint" in done.stdout and f"model saved to {run / 'model'}" in done.stdout
+    assert AutoModelForCausalLM.from_pretrained(run / "model").config.vocab_size == 700
+    again = subprocess.run([*command, "--resume"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"is complete (4 steps): the model is in {run / 'model'}" in again.stdout
+
+
+class RunsCode:
+    """Unpickled, it creates `path`: what an attacker's replacement of a checkpoint file could do."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+def test_resume_refuses_checkpoint_files_that_would_run_code(tmp_path, prepared, trained_tokenizer_dir):
+    args = tiny_args(tmp_path, prepared, trained_tokenizer_dir, max_steps=4, save_every=2)
+    pretrain(args)
+    latest = complete_checkpoints(tmp_path / "run" / "checkpoints")[-1]
+    # Every pickle Accelerate would load, and the one it unpickles without weights_only when it is there.
+    pickled = sorted({p.name for p in latest.iterdir() if p.suffix in (".bin", ".pkl")} | {"custom_checkpoint_0.pkl"})
+    assert {"optimizer.bin", "random_states_0.pkl"} < set(pickled)
+    witness = tmp_path / "PWNED"
+    for name in pickled:
+        file = latest / name
+        original = file.read_bytes() if file.exists() else None
+        torch.save(RunsCode(witness), file)
+        with pytest.raises(ValueError, match=f"checkpoint file {re.escape(str(file))} does not load as plain") as e:
+            resumed(args)
+        assert not witness.exists(), f"{name} ran code"
+        assert "\n" not in str(e.value)  # one line for the CLI to print
+        if original is None:
+            file.unlink()
+        else:
+            file.write_bytes(original)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_removed_and_reported(
+    tmp_path, prepared, trained_tokenizer_dir, monkeypatch, capsys
+):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    save = torch.save
+
+    def disk_full_at_step_4(obj, f, *args, **kwargs):
+        staging = Path(f).parent
+        if staging.name == ".step-00000004.tmp":
+            assert (staging / "model.safetensors").is_file()  # mid-way: the weights took the last of the space
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_step_4)
+    command = cli_pretrain(prepared, trained_tokenizer_dir, tmp_path / "run", "--max-steps", "4", "--save-every", "2")
+    assert main(command[1:]) == 1  # the environment failed, not the input
+    assert capsys.readouterr().err.splitlines()[-1] == (  # after the progress bar
+        f"hf-gpt pretrain: saving checkpoint step-00000004 to {checkpoints} failed: No space left on device; "
+        f"the previous checkpoint {checkpoints / 'step-00000002'} is intact"
+    )
+    assert [p.name for p in checkpoints.iterdir()] == ["step-00000002"]  # the partial checkpoint is gone
+    assert not (tmp_path / "run" / "model").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
