@@ -151,7 +151,8 @@ def test_prepare_data_overwrite_keeps_a_folder_with_the_users_files(tmp_path, ca
     folder.mkdir()
     (folder / "manifest.json").write_text("{}")  # looks like ours, is not
     (folder / "thesis.txt").write_text("four years of work")
-    args = ("prepare-data", corpus, "--tokenizer", trained_tokenizer_dir, "--workers", "1", "--val-fraction", "0.1", "--output")
+    args = ("prepare-data", corpus, "--tokenizer", trained_tokenizer_dir, "--workers", "1", "--val-fraction", "0.1")
+    args = (*args, "--output")
     code, err = run_cli(capsys, *args, folder, "--overwrite")
     assert code == 2 and f"{folder} has no {RECORD}" in one_line(err)
     assert (folder / "thesis.txt").read_text() == "four years of work"
@@ -285,7 +286,7 @@ def test_a_refused_seed_leaves_no_run_folder(tmp_path, capsys, corpus, trained_t
     assert not (tmp_path / "r").exists()
 
 
-def test_a_config_files_vocabulary_is_refused_when_too_small_and_every_change_is_printed(tmp_path, capsys, trained_tokenizer):
+def test_a_too_small_vocabulary_is_refused_and_every_change_is_printed(tmp_path, capsys, trained_tokenizer):
     from hf_gpt.training_setup import build_config
 
     small = tmp_path / "small.json"
@@ -323,10 +324,14 @@ def test_a_config_files_vocabulary_is_refused_when_too_small_and_every_change_is
         (["finetune", "m", "t", "--task", "classification", "--output", "o", "--weight-decay", "-1"], "--weight-decay"),
         (["finetune", "m", "t", "--task", "classification", "--output", "o", "--lm-weight", "nan"], "--lm-weight"),
         (["finetune", "m", "t", "--task", "classification", "--output", "o", "--max-length", "-5"], "--max-length"),
-        (["train-tokenizer", "c", "--output", "o", "--vocab-size", "300", "--model-max-length", "-1"],
-         "--model-max-length"),
-        (["train-tokenizer", "c", "--output", "o", "--vocab-size", "300", "--model-max-length", "0"],
-         "--model-max-length"),
+        (
+            ["train-tokenizer", "c", "--output", "o", "--vocab-size", "300", "--model-max-length", "-1"],
+            "--model-max-length",
+        ),
+        (
+            ["train-tokenizer", "c", "--output", "o", "--vocab-size", "300", "--model-max-length", "0"],
+            "--model-max-length",
+        ),
         (["train-tokenizer", "c", "--output", "o", "--vocab-size", "300", "--min-frequency", "-3"], "--min-frequency"),
         (["generate", "m", "--top-p", "1.5"], "--top-p"),
         (["estimate", "gpt2", "--gpus", "0"], "--gpus"),
