@@ -26,6 +26,7 @@ from hf_gpt.converting import (
     transpose_projections,
     write_converted,
 )
+from hf_gpt.files import weights_as_value_errors
 
 SHARED_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",
                  "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
@@ -94,7 +95,8 @@ def as_gpt2(ours: HfGptForCausalLM, source: str = "the model", **kwargs) -> GPT2
 def export_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
     """An hf_gpt folder -> a GPT2LMHeadModel folder that loads with plain transformers, no custom code."""
     folder = model_folder(source)
-    ours = HfGptForCausalLM.from_pretrained(folder).float().eval()
+    with weights_as_value_errors(source):
+        ours = HfGptForCausalLM.from_pretrained(folder).float().eval()
     gpt2 = as_gpt2(ours, source)
     difference = largest_difference(lambda x: gpt2(x).logits, lambda x: ours(x).logits,
                                     gpt2.config.vocab_size, gpt2.config.n_positions)  # fmt: skip

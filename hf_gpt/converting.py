@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
 from .cards import render_card, write_card
 from .configuration_hf_gpt import HfGptConfig
 from .estimate import count_parameters
-from .files import atomic_directory, check_output_dir, looks_local
+from .files import atomic_directory, check_output_dir, looks_local, pickle_refusal, weights_as_value_errors
 
 KIND = "convert"  # every converter's output: one converter may replace another's earlier output
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
@@ -51,7 +51,8 @@ def load_reference(model_class: type[PreTrainedModel], folder: str | os.PathLike
     """The source model as transformers loads it (safetensors, sharded or not, or a weights-only .bin), in
     fp32 and eval mode: its weights are what we convert, and its logits what we check ours against. A
     checkpoint lacking weights is refused: transformers would fill them in at random."""
-    reference, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+    with weights_as_value_errors(source):
+        reference, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
     if info["missing_keys"]:
         raise ValueError(f"{source} lacks weights the model needs: {sorted(info['missing_keys'])[:5]}")
     return reference.float().eval()
@@ -62,7 +63,10 @@ def load_pickled_weights(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError (or others) for anything beyond plain data
-        raise ValueError(f"{path} is not a plain weights file that loads with weights_only=True: {e}") from None
+        raise ValueError(
+            f"{path} is not a plain weights file that loads with weights_only=True ({pickle_refusal(e)}); "
+            "nothing in it was run"
+        ) from None
 
 
 def strip_prefix(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

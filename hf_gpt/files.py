@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -249,11 +250,22 @@ def write_output_file(
 
 @contextlib.contextmanager
 def weights_as_value_errors(source: str | os.PathLike) -> Iterator[None]:
-    """Loading a model: safetensors' own error for a corrupt or truncated file becomes a ValueError naming it."""
+    """Loading weights: a corrupt or truncated safetensors file, or a pickle holding more than tensors (which
+    torch's weights_only loading refuses before running anything), becomes a one-line ValueError naming it."""
     try:
         yield
     except SafetensorError as e:
         raise ValueError(f"the weights of {source} cannot be read (corrupt or truncated?): {e}") from None
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"the weights of {source} are not plain tensors ({pickle_refusal(e)}); nothing in them was run"
+        ) from None
+
+
+def pickle_refusal(error: Exception) -> str:
+    """The line of torch's many-line weights_only message that says what was refused."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if "GLOBAL" in line), lines[0] if lines else type(error).__name__)
 
 
 def looks_local(name: str | os.PathLike) -> bool:

@@ -25,7 +25,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 
 from .cards import render_card, write_card
 from .estimate import count_parameters
-from .files import atomic_directory, check_output_dir
+from .files import atomic_directory, check_output_dir, weights_as_value_errors
 from .modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification
 from .optimization import make_optimizer
 from .ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, POSITIVE_INT, PROPORTION, SEED
@@ -153,14 +153,12 @@ def split_validation(args: FinetuneArguments, task: Task) -> tuple[list[tuple[st
 
 def load_model(args: FinetuneArguments, task: Task, names: list[str], tokenizer):
     if task.name == "multiple_choice":
-        model = HfGptDoubleHeadsModel.from_pretrained(args.model, lm_loss_weight=args.lm_weight)
+        model_class, options = HfGptDoubleHeadsModel, {"lm_loss_weight": args.lm_weight}
     else:
-        model = HfGptForSequenceClassification.from_pretrained(
-            args.model,
-            num_labels=len(names),
-            id2label=dict(enumerate(names)),
-            label2id={name: i for i, name in enumerate(names)},
-        )
+        labels = {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+        model_class, options = HfGptForSequenceClassification, {"num_labels": len(names), **labels}
+    with weights_as_value_errors(args.model):
+        model = model_class.from_pretrained(args.model, **options)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.resize_token_embeddings(len(tokenizer))  # rows for the three task tokens
     return model

@@ -449,3 +449,47 @@ def status(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split()[2]
     except OSError:
         return "Z"
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_without_a_traceback():
+    script = Path(sys.executable).with_name("hf-gpt")  # the installed console script
+    process = subprocess.Popen([script, "estimate", "gpt2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # torch and transformers are still importing
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_weights_that_would_run_code_or_are_corrupt_are_one_line(tmp_path, capsys, model_dir, monkeypatch):
+    import shutil
+
+    import torch
+    from hf_gpt.conversion.gpt2 import main as gpt2_main
+    from hf_gpt.conversion.nanogpt import main as nanogpt_main
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    monkeypatch.chdir(tmp_path)
+    source = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300, bos_token_id=0, eos_token_id=0)
+                    ).save_pretrained(source)  # fmt: skip
+    (source / "model.safetensors").unlink()
+    torch.save({"weights": RunsCode()}, source / "pytorch_model.bin")
+    assert gpt2_main(["import", str(source), str(tmp_path / "out")]) == 2
+    assert "are not plain tensors (Trying to load unsupported GLOBAL" in one_line(capsys.readouterr().err)
+    assert nanogpt_main(["import", str(source / "pytorch_model.bin"), str(tmp_path / "out")]) == 2
+    assert "nothing in it was run" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "PWNED").exists()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(model_dir, damaged)
+    (damaged / "model.safetensors").write_bytes(b"garbage")
+    assert gpt2_main(["export", str(damaged), str(tmp_path / "out")]) == 2
+    assert f"the weights of {damaged} cannot be read" in one_line(capsys.readouterr().err)
+    rows = tmp_path / "train.jsonl"
+    rows.write_text("".join(json.dumps({"text": f"t {i}", "label": i % 2}) + "\n" for i in range(20)))
+    code, err = run_cli(capsys, "finetune", damaged, rows, "--task", "classification", "--output", tmp_path / "ft")
+    assert code == 2 and f"the weights of {damaged} cannot be read" in one_line(err)
