@@ -88,10 +88,9 @@ def process_alive(pid: int) -> bool:
 
 
 def remove_stale_staging(path: Path) -> None:
-    """Remove what killed writes of `path` left next to it: staging folders whose process is gone."""
-    if not path.parent.is_dir():
-        return
-    for entry in path.parent.iterdir():
+    """Remove what killed writes of `path` left next to it (or in it): staging folders whose process is gone."""
+    places = [folder for folder in (path.parent, path) if folder.is_dir() and not folder.is_symlink()]
+    for entry in (entry for folder in places for entry in folder.iterdir()):
         match = STAGING.fullmatch(entry.name)
         if match and match["name"] == path.name and not process_alive(int(match["pid"])):
             if entry.is_dir() and not entry.is_symlink():
@@ -148,6 +147,10 @@ def check_output_dir(
         raise ValueError(f"output {path} exists and is not a folder")
     check_apart(path, inputs)
     check_replaceable(path, kind, overwrite)
+    if path.is_dir():  # written in place when its parent is read-only (see atomic_directory)
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"cannot write to {path}")
+        return path
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
@@ -181,18 +184,24 @@ def atomic_directory(
 
     The temporary folder lives next to the target, so the final rename never crosses file systems.
     On an exception it is removed; a SIGKILL leaves only a dot-folder, which the next write of `path` removes.
+    An existing folder whose parent is read-only is staged inside itself instead, and its entries are moved
+    into place one by one, the record last: a kill in that moment leaves a folder without a record, which
+    --overwrite then refuses rather than guess.
     """
     inputs = list(inputs)
     path = check_output_dir(path, overwrite, kind=kind, inputs=inputs).absolute()
+    in_place = path.is_dir() and not os.access(path.parent, os.W_OK)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(path)
-    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(path), dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(path), dir=path if in_place else path.parent))
     os.chmod(staging, 0o777 & ~UMASK)  # mkdtemp makes it private; the result should not be
     try:
         yield staging
         write_record(staging, kind)
         check_replaceable(path, kind, overwrite)  # again: files may have arrived while we worked
-        if path.exists():
+        if in_place:
+            move_into(staging, path)
+        elif path.exists():
             retired = Path(tempfile.mkdtemp(prefix=staging_prefix(path, "old"), dir=path.parent))
             os.replace(path, retired / path.name)
             os.replace(staging, path)
@@ -202,6 +211,20 @@ def atomic_directory(
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def move_into(staging: Path, path: Path) -> None:
+    """Replace `path`'s own entries (checked to be ours) with `staging`'s, the record last."""
+    for entry in path.iterdir():
+        if entry == staging:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for entry in sorted(staging.iterdir(), key=lambda e: e.name == RECORD):
+        os.replace(entry, path / entry.name)
+    staging.rmdir()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -493,3 +493,21 @@ def test_weights_that_would_run_code_or_are_corrupt_are_one_line(tmp_path, capsy
     rows.write_text("".join(json.dumps({"text": f"t {i}", "label": i % 2}) + "\n" for i in range(20)))
     code, err = run_cli(capsys, "finetune", damaged, rows, "--task", "classification", "--output", tmp_path / "ft")
     assert code == 2 and f"the weights of {damaged} cannot be read" in one_line(err)
+
+
+def test_an_existing_output_under_a_read_only_parent_is_replaced_in_place(tmp_path, monkeypatch):
+    import hf_gpt.files
+
+    folder = tmp_path / "out"
+    with atomic_directory(folder, kind="prepare-data") as staging:
+        (staging / "old.bin").write_bytes(b"old")
+    real_access = os.access
+    # Root may write anywhere, so the read-only parent is simulated where the check asks.
+    monkeypatch.setattr(hf_gpt.files.os, "access", lambda p, mode: Path(p) != tmp_path and real_access(p, mode))
+    with pytest.raises(ValueError, match=f"cannot write to {tmp_path}"):
+        check_output_dir(tmp_path / "new", kind="prepare-data")
+    with atomic_directory(folder, overwrite=True, kind="prepare-data") as staging:
+        assert staging.parent == folder
+        (staging / "new.bin").write_bytes(b"new")
+    assert sorted(p.name for p in folder.iterdir()) == [RECORD, "new.bin"]
+    assert read_record(folder)["files"] == ["new.bin"]
