@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .documents import Corpus, Piece
 from .encoding import CachedEncoder, is_gpt2_byte_level
-from .files import atomic_directory, flush_to_disk, write_text_atomic
+from .files import atomic_directory, flush_to_disk, read_json_object, write_text_atomic
 from .tokenizer import backend_of, load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
@@ -252,13 +252,9 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"no {MANIFEST} in {data_dir}: prepare it with `hf-gpt prepare-data`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is damaged (not valid JSON: {e}); prepare the data again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ValueError(f"{path} has format {found!r}, expected {FORMAT!r}")
+    manifest = read_json_object(path, "data manifest")
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}")
     splits = manifest.get("splits")
     well_formed = (
         isinstance(splits, dict)

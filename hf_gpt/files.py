@@ -316,6 +316,19 @@ def read_text_file(path: str | os.PathLike, what: str = "text file") -> str:
         raise ValueError(f"{what} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """A JSON file holding one object (a config, a manifest, a run's arguments); anything else is a ValueError
+    naming the file."""
+    text = read_text_file(path, what)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {path} is damaged (not valid JSON: {e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} {path} is damaged (it holds a JSON {type(value).__name__}, not an object)")
+    return value
+
+
 def flush_to_disk(f) -> None:
     """Data reaches the disk before the rename that makes it look complete (power loss included)."""
     f.flush()

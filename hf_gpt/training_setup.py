@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from .configuration_hf_gpt import PRESETS, HfGptConfig
 from .data import MANIFEST, TokenBlocks, prepare_data, read_manifest
 from .documents import INVALID_UTF8_POLICIES
-from .files import check_output_dir, write_record, write_text_atomic
+from .files import check_output_dir, read_json_object, write_record, write_text_atomic
 from .ranges import NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROPORTION, SEED, SHARE
 from .tokenizer import load_tokenizer, train_bpe_tokenizer
 
@@ -122,7 +122,7 @@ def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> tup
     resuming = args.resume and run_file.is_file()
     if accelerator.is_main_process:
         if resuming:
-            earlier = read_run_file(run_file)
+            earlier = read_json_object(run_file, "the run's arguments")
             changed = sorted(
                 name
                 for name, value in args.to_json().items()
@@ -143,16 +143,6 @@ def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> tup
             write_record(output, args.command, owned_folders=("checkpoints", "logs"))
     accelerator.wait_for_everyone()
     return output, not resuming
-
-
-def read_run_file(path: Path) -> dict:
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); it cannot be resumed: start a new run folder") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} does not hold a run's arguments (a JSON object); start a new run folder")
-    return values
 
 
 @contextlib.contextmanager
@@ -223,14 +213,7 @@ def config_values(model: str) -> dict[str, Any]:
     path = Path(model)
     if not (path.is_file() or (path / "config.json").is_file()):
         raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a config file")
-    file = path if path.is_file() else path / "config.json"
-    try:
-        values = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file} is not a valid JSON config ({e})") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{file} is not a config (a JSON object of settings)")
-    return values
+    return read_json_object(path if path.is_file() else path / "config.json", "model config")
 
 
 def load_config(model: str, overrides: dict[str, Any] | None = None) -> HfGptConfig:
