@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
-from .files import write_text_atomic
+from .files import read_json_object, write_text_atomic
 
 PATTERN = re.compile(r"step-(\d+)")
 STATE_FILE = "training_state.json"
@@ -127,10 +127,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict[str, Any
         raise ValueError(
             f"checkpoint {checkpoint} has no {STATE_FILE} (saved by an older hf_gpt?); it cannot be resumed"
         )
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{state_file} is not valid JSON ({e}); {RECOURSE.format(checkpoint=checkpoint)}") from None
+    state = read_json_object(state_file, "training state")
     for file in sorted(checkpoint.iterdir()):
         if file.suffix in PICKLED:
             check_plain_data(file)

@@ -140,7 +140,7 @@ def split_validation(args: FinetuneArguments, task: Task) -> tuple[list[tuple[st
     train = task_examples(read_records(args.train), task, args.columns, source=args.train)
     if args.validation is not None:
         val = task_examples(read_records(args.validation), task, args.columns, source=args.validation)
-        return train, val, args.validation
+        return train, val, Path(args.validation).name  # names, not paths: the results are pushed with the model
     order = list(range(len(train)))
     random.Random(args.seed).shuffle(order)
     count = max(1, round(len(train) * args.val_fraction))
@@ -148,7 +148,7 @@ def split_validation(args: FinetuneArguments, task: Task) -> tuple[list[tuple[st
         raise ValueError(f"{args.train} has {len(train)} examples: too few to hold out {args.val_fraction:.0%}")
     held = set(order[:count])
     kept = [e for i, e in enumerate(train) if i not in held]
-    return kept, [train[i] for i in sorted(held)], f"{count} held-out rows of {args.train}"
+    return kept, [train[i] for i in sorted(held)], f"{count} held-out rows of {Path(args.train).name}"
 
 
 def load_model(args: FinetuneArguments, task: Task, names: list[str], tokenizer):
