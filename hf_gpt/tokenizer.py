@@ -19,6 +19,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from .documents import Corpus
 from .files import atomic_directory, check_output_dir
+from .ranges import COUNT, POSITIVE_INT
 
 SEPARATOR = "<|endoftext|>"
 BYTE_ALPHABET = 256
@@ -80,6 +81,8 @@ def train_bpe_tokenizer(
     With `output_dir`, the folder is written atomically and loads with `AutoTokenizer`.
     """
     special_tokens = check_special_tokens(special_tokens)
+    COUNT.check("min_frequency", min_frequency)
+    POSITIVE_INT.check("model_max_length", model_max_length)
     smallest = BYTE_ALPHABET + 1 + len(special_tokens)
     if not isinstance(vocab_size, int) or vocab_size < smallest:
         raise ValueError(

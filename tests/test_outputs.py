@@ -511,3 +511,16 @@ def test_an_existing_output_under_a_read_only_parent_is_replaced_in_place(tmp_pa
         (staging / "new.bin").write_bytes(b"new")
     assert sorted(p.name for p in folder.iterdir()) == [RECORD, "new.bin"]
     assert read_record(folder)["files"] == ["new.bin"]
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [({"min_frequency": -3}, "min_frequency must be an integer >= 0"),
+     ({"model_max_length": 0}, "model_max_length must be an integer >= 1")],
+)  # fmt: skip
+def test_the_library_refuses_the_same_numbers(tmp_path, corpus, options, message):
+    from hf_gpt.tokenizer import train_bpe_tokenizer
+
+    with pytest.raises(ValueError, match=message):
+        train_bpe_tokenizer([corpus], 300, tmp_path / "tok", show_progress=False, **options)
+    assert not (tmp_path / "tok").exists()
