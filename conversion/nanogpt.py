@@ -24,10 +24,24 @@ GPT2_END_OF_TEXT = 50256
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
 
 
-def nanogpt_config(model_args: dict) -> HfGptConfig:
+def check_model_args(model_args: dict, weights: dict, source: str) -> None:
+    """The sizes model_args declare must be those of the saved tensors, checked before a model is built from them:
+    a wrong (or hostile) n_layer or vocab_size would have the converter allocate a model the file does not hold."""
     missing = [name for name in MODEL_ARGS if name not in model_args]
     if missing:
         raise ValueError(f"model_args lacks {missing}: not a nanoGPT checkpoint")
+    wte, wpe = weights.get("transformer.wte.weight"), weights.get("transformer.wpe.weight")
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in (wte, wpe)):
+        raise ValueError(f"{source} has no 2D transformer.wte and transformer.wpe weights: not a nanoGPT checkpoint")
+    layers = {key.split(".")[2] for key in weights if key.startswith("transformer.h.")}
+    held = {"n_layer": len(layers), "vocab_size": wte.shape[0], "n_embd": wte.shape[1], "block_size": wpe.shape[0]}
+    wrong = [f"{name}={model_args[name]!r} (the tensors hold {value})" for name, value in held.items()
+             if model_args[name] != value]  # fmt: skip
+    if wrong:
+        raise ValueError(f"{source}: model_args do not match the saved weights: {', '.join(wrong)}")
+
+
+def nanogpt_config(model_args: dict) -> HfGptConfig:
     dropout = float(model_args.get("dropout", 0.0))
     # GPT-2's end-of-text id when the vocabulary is GPT-2's (nanoGPT pads it to 50304); none for character tables.
     end = GPT2_END_OF_TEXT if model_args["vocab_size"] > GPT2_END_OF_TEXT else None
@@ -50,10 +64,11 @@ def import_nanogpt(source: str, output_dir: str, overwrite: bool = False, tokeni
     if not Path(source).is_file():
         raise FileNotFoundError(f"nanoGPT checkpoint {source} does not exist")
     checkpoint = load_pickled_weights(source)
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "model_args" not in checkpoint:
+    if not (isinstance(checkpoint, dict) and all(isinstance(checkpoint.get(k), dict) for k in ("model", "model_args"))):
         raise ValueError(f"{source} has no 'model' and 'model_args': not a nanoGPT checkpoint")
-    model = HfGptForCausalLM(nanogpt_config(checkpoint["model_args"])).eval()
     weights = strip_prefix(checkpoint["model"], "_orig_mod.")
+    check_model_args(checkpoint["model_args"], weights, source)
+    model = HfGptForCausalLM(nanogpt_config(checkpoint["model_args"])).eval()
     weights = {k: v for k, v in weights.items() if not k.endswith(".attn.bias") and k != "lm_head.weight"}
     if not checkpoint["model_args"].get("bias", True):  # bias=False: the zeros nanoGPT leaves out
         for name, parameter in model.state_dict().items():

@@ -22,6 +22,10 @@ AUTO_MAP = {
 # Our layer names -> transformers' layer types (used by its caches and mask builders).
 LAYER_TYPES = {"global": "full_attention", "local": "sliding_attention"}
 NORM_POSITIONS = ("pre", "post")
+# Deeper than this, the default all-"global" attention_layers stays unlisted (None): a list of 10**9 entries (which
+# transformers' own config code walks too) would take minutes and gigabytes, for a config no model can be built
+# from; such a config serves cost estimates only.
+MAX_LISTED_LAYERS = 10**6
 
 
 def _gpt2(n_layer: int, n_embd: int, n_head: int) -> dict:
@@ -106,7 +110,7 @@ class HfGptConfig(PretrainedConfig):
     norm_position (`str`): "pre" (GPT-2/3: LayerNorm before each sublayer, plus a final LayerNorm) or
         "post" (GPT-1: LayerNorm after each residual add, no final LayerNorm).
     attention_layers (`list[str]`): per layer, "global" (dense causal) or "local" (causal, banded to
-        the last `local_window` tokens). Defaults to all "global".
+        the last `local_window` tokens). Defaults to all "global" (left None beyond `MAX_LISTED_LAYERS` layers).
     lm_loss_weight (`float`): λ of GPT-1's auxiliary LM objective in `HfGptDoubleHeadsModel`.
     """
 
@@ -148,9 +152,11 @@ class HfGptConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
-        if self.attention_layers is None:
-            self.attention_layers = ["global"] * self.num_hidden_layers
-        self.attention_layers = list(self.attention_layers)
+        layers = self.num_hidden_layers
+        if self.attention_layers is None and isinstance(layers, int) and layers <= MAX_LISTED_LAYERS:
+            self.attention_layers = ["global"] * layers  # a bad count is left to check() to name
+        if self.attention_layers is not None:
+            self.attention_layers = list(self.attention_layers)
         if self.id2label is not None and self.label2id is None:  # pipelines look labels up by name
             self.label2id = {label: index for index, label in self.id2label.items()}
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
@@ -204,19 +210,33 @@ class HfGptConfig(PretrainedConfig):
             )
         if self.norm_position not in NORM_POSITIONS:
             raise ValueError(f"norm_position must be one of {NORM_POSITIONS}, got {self.norm_position!r}")
-        if len(self.attention_layers) != self.num_hidden_layers:
-            raise ValueError(
-                f"attention_layers has {len(self.attention_layers)} entries but num_hidden_layers is "
-                f"{self.num_hidden_layers}: give one entry per layer"
-            )
-        unknown = sorted(set(self.attention_layers) - set(LAYER_TYPES))
-        if unknown:
-            raise ValueError(f"attention_layers entries must be in {sorted(LAYER_TYPES)}, got {unknown}")
+        if self.attention_layers is not None:
+            if len(self.attention_layers) != self.num_hidden_layers:
+                raise ValueError(
+                    f"attention_layers has {len(self.attention_layers)} entries but num_hidden_layers is "
+                    f"{self.num_hidden_layers}: give one entry per layer"
+                )
+            unknown = sorted(set(self.attention_layers) - set(LAYER_TYPES))
+            if unknown:
+                raise ValueError(f"attention_layers entries must be in {sorted(LAYER_TYPES)}, got {unknown}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, name)
             for token_id in value if isinstance(value, (list, tuple)) else [value]:
                 if token_id is not None and not 0 <= token_id < self.vocab_size:
                     raise ValueError(f"{name}={token_id} is outside the vocabulary [0, {self.vocab_size})")
+
+    def parameter_count(self) -> int:
+        """Parameters of `HfGptForCausalLM` on this config (a tied output layer once), in closed form, so any size
+        is counted at once and a model too large to build is refused before building it.
+
+        Per layer: QKV d·3d+3d, output d·d+d, MLP d·i+i and i·d+d, two LayerNorms 2d each; then the token and
+        position tables, the final LayerNorm of pre-norm models, and an untied output layer v·d.
+        """
+        d, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        layer = 4 * d * d + 2 * d * i + 9 * d + i
+        final_norm = 2 * d if self.norm_position == "pre" else 0
+        output = 0 if self.tie_word_embeddings else v * d
+        return self.num_hidden_layers * layer + (v + self.max_position_embeddings) * d + final_norm + output
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> HfGptConfig:
@@ -233,8 +253,16 @@ class HfGptConfig(PretrainedConfig):
         if "num_hidden_layers" in overrides or "n_layer" in overrides:
             layers = overrides.get("num_hidden_layers", overrides.get("n_layer"))
             pattern = values.get("attention_layers") or ["global"]
-            values["attention_layers"] = [pattern[i % len(pattern)] for i in range(layers)]
+            if set(pattern) == {"global"} or not isinstance(layers, int):  # the default, or a count check() refuses
+                values["attention_layers"] = None
+            elif layers > MAX_LISTED_LAYERS:
+                raise ValueError(
+                    f"num_hidden_layers={layers:,} is too deep to list a mix of {sorted(set(pattern))} attention "
+                    f"layers one by one (at most {MAX_LISTED_LAYERS:,} layers); only all-global models may be deeper"
+                )
+            else:
+                values["attention_layers"] = [pattern[i % len(pattern)] for i in range(layers)]
         return cls(**{**values, **overrides})
 
 
-__all__ = ["HfGptConfig", "PRESETS"]
+__all__ = ["HfGptConfig", "PRESETS", "MAX_LISTED_LAYERS"]

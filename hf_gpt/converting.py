@@ -49,12 +49,22 @@ def read_config(folder: str | os.PathLike) -> dict:
 
 def load_reference(model_class: type[PreTrainedModel], folder: str | os.PathLike, source: str, **kwargs):
     """The source model as transformers loads it (safetensors, sharded or not, or a weights-only .bin), in
-    fp32 and eval mode: its weights are what we convert, and its logits what we check ours against. A
-    checkpoint lacking weights is refused: transformers would fill them in at random."""
+    fp32 and eval mode: its weights are what we convert, and its logits what we check ours against. Weights
+    that do not fit its config are refused: transformers would fill missing ones in at random, drop extra
+    ones (a config with fewer layers than the checkpoint) and fail on other shapes with a traceback."""
     with weights_as_value_errors(source):
-        reference, info = model_class.from_pretrained(folder, output_loading_info=True, **kwargs)
+        reference, info = model_class.from_pretrained(
+            folder, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
     if info["missing_keys"]:
         raise ValueError(f"{source} lacks weights the model needs: {sorted(info['missing_keys'])[:5]}")
+    if info["unexpected_keys"]:
+        raise ValueError(
+            f"{source} has weights its config.json has no place for: {sorted(info['unexpected_keys'])[:5]}"
+        )
+    if info["mismatched_keys"]:
+        key, saved, expected = sorted(info["mismatched_keys"])[0]
+        raise ValueError(f"{source}: {key} has shape {tuple(saved)}, its config.json expects {tuple(expected)}")
     return reference.float().eval()
 
 

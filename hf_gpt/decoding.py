@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .modeling_hf_gpt import HfGptForCausalLM, first_out_of_range
+from .modeling_hf_gpt import HfGptForCausalLM, check_mask_values, first_out_of_range
 
 # Early stopping reads "have all rows finished?" back from the device; doing it every step would stall
 # the launch queue that CUDA graphs keep full, so it is read only once every this many steps.
@@ -236,8 +236,9 @@ class StaticDecoder(nn.Module):
         if attention_mask is not None:
             if tuple(attention_mask.shape) != (batch, length):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, length)}")
+            check_mask_values(attention_mask)  # before .long(), which would read 0.5 as padding
             mask = attention_mask.long()
-            left_padded = ((mask == 0) | (mask == 1)).all() & (mask.diff(dim=1) >= 0).all() & (mask[:, -1] == 1).all()
+            left_padded = (mask.diff(dim=1) >= 0).all() & (mask[:, -1] == 1).all()
             if not left_padded:
                 raise ValueError(
                     "attention_mask must be 0/1 with each row's padding on the left (zeros, then ones, "

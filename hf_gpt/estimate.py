@@ -25,6 +25,7 @@ SECONDS_PER_YEAR = 365 * 24 * 3600
 GIB = 2**30
 MAX_COUNT = 10**18  # far beyond any training run; keeps every product a finite float
 COUNT_SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+META_COUNT_MAX_LAYERS = 256  # building a layer on the meta device takes a few ms: deeper, count in closed form
 
 
 def count_parameters(model: torch.nn.Module, *, non_embedding: bool = False) -> int:
@@ -41,9 +42,18 @@ def flops_per_token(config: HfGptConfig, non_embedding_parameters: int, seq_len:
     return 6 * non_embedding_parameters + 12 * config.num_hidden_layers * config.hidden_size * seq_len
 
 
+def counts_on_meta(config: HfGptConfig) -> bool:
+    """Whether `parameter_counts` builds the model on the meta device (a few ms per layer) rather than using the
+    closed form (which the tests hold equal to it): deeper models would take minutes to build, even there."""
+    return config.num_hidden_layers <= META_COUNT_MAX_LAYERS
+
+
 def parameter_counts(config: HfGptConfig) -> tuple[int, int]:
-    """(all parameters, all but the position table) of `HfGptForCausalLM`, built on the meta device:
-    the exact count of an instantiated model, without allocating a byte, for any size."""
+    """(all parameters, all but the position table) of `HfGptForCausalLM`: counted on a model built on the meta
+    device (the exact count of an instantiated model, without allocating a byte), or in closed form when deeper."""
+    if not counts_on_meta(config):
+        total = config.parameter_count()
+        return total, total - config.max_position_embeddings * config.hidden_size
     with torch.device("meta"):
         model = HfGptForCausalLM(copy.deepcopy(config))
     return count_parameters(model), count_parameters(model, non_embedding=True)
@@ -241,7 +251,9 @@ def estimate(
 
 
 def short(count: float) -> str:
-    """1.5T, 300B, 124.4M, 12.3k: counts at a glance."""
+    """1.5T, 300B, 124.4M, 12.3k: counts at a glance (powers of ten past 1000T)."""
+    if count >= 1e15:
+        return f"{count:.4g}"
     for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if count >= scale:
             return f"{count / scale:.4g}{suffix}"
@@ -254,11 +266,15 @@ def format_duration(seconds: float) -> str:
         return f"{seconds / 3600:,.1f} hours"
     if seconds < 2 * SECONDS_PER_YEAR:
         return f"{seconds / 86400:,.1f} days"
-    return f"{seconds / SECONDS_PER_YEAR:,.1f} years"
+    years = seconds / SECONDS_PER_YEAR
+    return f"{years:,.1f} years" if years < 1e6 else f"{years:.4g} years"
 
 
 def figure(value: float) -> str:
-    """Whole numbers with commas when large, three significant digits when small."""
+    """Whole numbers with commas when large (powers of ten past 1e12, to fit a column), three significant digits
+    when small."""
+    if value >= 1e12:
+        return f"{value:.4g}"
     return f"{value:,.0f}" if value >= 1000 else f"{value:,.1f}" if value >= 10 else f"{value:.3g}"
 
 
@@ -340,10 +356,11 @@ def format_estimate(est: Estimate, name: str | None = None) -> str:
         f"{c.num_hidden_layers} layers, d_model {c.hidden_size}, {c.num_attention_heads} heads, "
         f"context {c.max_position_embeddings}, vocabulary {c.vocab_size}"
     )
+    how_counted = "counted on the meta device" if counts_on_meta(c) else "closed form"
     lines = [
         f"{name}: {shape}" if name else shape,
         "",
-        f"Parameters      {est.parameters:>20,}  ({short(est.parameters)}; counted on the meta device, tied once)",
+        f"Parameters      {est.parameters:>20,}  ({short(est.parameters)}; {how_counted}, tied once)",
         f"  N for FLOPs   {est.non_embedding_parameters:>20,}  (all but the position table, a lookup)",
         "",
         *format_compute(est),

@@ -8,6 +8,8 @@ Names follow GPT-2/nanoGPT (wte, wpe, h, ln_f, c_attn, c_proj, c_fc) so checkpoi
 from __future__ import annotations
 
 import math
+import os
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.dynamic_module_utils import custom_object_save
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -31,9 +34,10 @@ from transformers.modeling_outputs import (
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
 
-from .configuration_hf_gpt import HfGptConfig
+from .configuration_hf_gpt import MAX_LISTED_LAYERS, HfGptConfig
 
 logger = logging.get_logger(__name__)
+GIB = 2**30
 
 # transformers 5.24 renamed the cache argument and output field from `past_key_values` to `cache`;
 # we accept both names and fill whichever field the installed version's outputs have.
@@ -159,6 +163,17 @@ class HfGptPreTrainedModel(PreTrainedModel):
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
             init.normal_(module.weight, mean=0.0, std=std)
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """transformers' loader, telling the size check where the weights will go: it builds the model on the meta
+        device, then without a device_map (which may offload to disk) loads every weight onto the default device."""
+        one_device = all(kwargs.get(name) is None for name in ("device_map", "tp_plan", "quantization_config"))
+        token = LOADING_ONTO.set(torch.empty(0).device if one_device else None)
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        finally:
+            LOADING_ONTO.reset(token)
+
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         """Save as transformers does, plus the flat code files that `trust_remote_code=True` loads."""
         hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "private") if key in kwargs}
@@ -169,6 +184,48 @@ class HfGptPreTrainedModel(PreTrainedModel):
             # push_to_hub saves through this method again, into a fresh folder it uploads whole.
             repo_id = hub_kwargs.pop("repo_id", Path(save_directory).name)
             self.push_to_hub(repo_id, token=kwargs.get("token"), **hub_kwargs)
+
+
+# Set by from_pretrained while it builds a model on the meta device: the one device its weights will then be
+# loaded onto (None: a device_map spreads them, possibly to disk). Context-local, so concurrent loads don't mix.
+LOADING_ONTO: ContextVar[torch.device | None] = ContextVar("hf_gpt_loading_onto", default=None)
+SIZE_FIELDS = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "max_position_embeddings")
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory `device` has in all (RAM for the CPU), or None where that is unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            pass
+    return None
+
+
+def check_fits_in_memory(config: HfGptConfig) -> None:
+    """Refuse, before building a layer, a model whose weights exceed all the memory of the device they are made on.
+
+    Built anyway, it allocates layer after layer until the machine runs out (10**6 layers: an hour of it). Only
+    sizes that cannot fit are refused: nothing is checked on the meta device (from_pretrained with a device_map,
+    accelerate's init_empty_weights, counting), under DeepSpeed ZeRO-3 (which shards the weights as they are made)
+    or for a quantized model.
+    """
+    if is_deepspeed_zero3_enabled() or getattr(config, "quantization_config", None) is not None:
+        return
+    probe = nn.Linear(1, 1, bias=False).weight  # placed and typed as the model's own weights will be
+    device = LOADING_ONTO.get() if probe.device.type == "meta" else probe.device
+    available = None if device is None else device_memory(device)
+    needed = config.parameter_count() * probe.element_size()
+    if available is not None and needed > available:
+        shape = ", ".join(f"{name}={getattr(config, name):,}" for name in SIZE_FIELDS)
+        where = "this machine's RAM" if device.type == "cpu" else f"the memory of {device}"
+        raise ValueError(
+            f"a model with {shape} has {config.parameter_count():,} parameters: its {probe.dtype} weights need "
+            f"{needed:,} bytes ({needed / GIB:,.1f} GiB), more than all {available:,} bytes ({available / GIB:,.1f} "
+            f"GiB) of {where}"
+        )
 
 
 def first_out_of_range(values: torch.Tensor, limit: int) -> int | None:
@@ -182,17 +239,82 @@ def is_padding_mask(attention_mask) -> bool:
     return isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2
 
 
+def check_shapes(config, input_ids, inputs_embeds) -> tuple[int, int]:
+    """(batch, length) of the inputs, after refusing what no embedding lookup can take: wrong ranks, float ids,
+    and empty inputs (which transformers' GPT-2 fails on too, deep inside, as "cannot reshape tensor of 0 elements")."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds (got both or neither)")
+    if input_ids is not None:
+        name, tokens = "input_ids", input_ids
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+            hint = " (for one sequence: input_ids[None])" if input_ids.dim() == 1 else ""
+            raise ValueError(
+                f"input_ids must be a (batch, length) int64 or int32 tensor of token ids, got a {input_ids.dtype} "
+                f"tensor of shape {tuple(input_ids.shape)}{hint}"
+            )
+    else:
+        name, tokens = "inputs_embeds", inputs_embeds
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must have shape (batch, length, hidden_size={config.hidden_size}), "
+                f"got {tuple(inputs_embeds.shape)}"
+            )
+    batch, length = tokens.shape[:2]
+    if not batch or not length:
+        raise ValueError(
+            f"{name} has shape {tuple(tokens.shape)}: the model needs at least one sequence of at least one token "
+            "(generate() too: give a prompt of at least one token, such as the BOS token)"
+        )
+    return batch, length
+
+
+def check_mask_shape(attention_mask, batch: int, length: int, total: int | None, heads: int) -> None:
+    """What transformers' GPT-2 takes: a (batch, cached + new tokens) padding mask, or a prepared 4D mask (bool,
+    or float added to the scores) that broadcasts to (batch, heads, new tokens, at least cached + new)."""
+    if not isinstance(attention_mask, torch.Tensor):  # None, prepared masks (a dict of them, a flex BlockMask)
+        return
+    shape = tuple(attention_mask.shape)
+    if attention_mask.dim() == 2:
+        if shape[0] != batch or (total is not None and shape[1] != total):
+            raise ValueError(f"attention_mask has shape {shape}, expected ({batch}, {total or 'cached + new tokens'})")
+    elif attention_mask.dim() == 4:
+        fits = shape[0] in (1, batch) and shape[1] in (1, heads) and shape[2] in (1, length)
+        if not fits or (total is not None and shape[3] < total):
+            raise ValueError(
+                f"a 4D attention_mask must broadcast to (batch {batch}, heads {heads}, new tokens {length}, "
+                f"keys {total or 'cached + new'}), got {shape}"
+            )
+        if attention_mask.dtype != torch.bool and not attention_mask.is_floating_point():
+            raise ValueError(f"a 4D attention_mask must be bool or float (added to scores), got {attention_mask.dtype}")
+    else:
+        hint = " (for one sequence: attention_mask[None])" if len(shape) == 1 else ""
+        raise ValueError(
+            f"attention_mask has shape {shape}: expected a (batch, length) padding mask of 0s and 1s, or a prepared "
+            f"4D (batch, 1, query, key) mask{hint}"
+        )
+
+
+def check_mask_values(attention_mask: torch.Tensor) -> None:
+    """A padding mask holds 0 (padding) and 1 (a token) only; anything else would give positions that do not exist."""
+    if attention_mask.dtype == torch.bool:
+        return
+    bad = (attention_mask != 0) & (attention_mask != 1)
+    if bad.any():
+        raise ValueError(
+            f"attention_mask holds {attention_mask[bad][0].item()!r}: a (batch, length) padding mask holds only "
+            "0 (padding) and 1 (a token), as bool, int or float"
+        )
+
+
 def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids, cache, past_length) -> None:
     """Reject bad inputs with a ValueError before they reach an embedding lookup (a CUDA device assert).
 
-    Shape checks are free. Value checks (token ids, explicit position ids) read back from the device, so
-    they run only where ids enter: without a cache (training batches), into an empty dynamic cache, or as
-    a multi-token prefill of a static cache. Decoding steps, assisted-decoding candidates included, and
-    torch.compile'd regions skip them.
+    Shape checks are free. Value checks (token ids, explicit position ids, padding mask values) read back from
+    the device, so they run only where inputs enter: without a cache (training batches), into an empty dynamic
+    cache, or as a multi-token prefill of a static cache. Decoding steps, assisted-decoding candidates included,
+    and torch.compile'd regions skip them.
     """
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("pass exactly one of input_ids or inputs_embeds (got both or neither)")
-    batch, length = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+    batch, length = check_shapes(config, input_ids, inputs_embeds)
     limit = config.max_position_embeddings
     known_past = isinstance(past_length, int)  # a static cache keeps its length on the device
     if known_past and past_length + length > limit:
@@ -204,28 +326,29 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
         capacity = max(layer.get_max_length() for layer in cache.layers)
         if capacity > limit:
             raise ValueError(f"the cache holds up to {capacity} tokens, more than max_position_embeddings={limit}")
-    if is_padding_mask(attention_mask):
-        expected = past_length + length if known_past else None
-        if attention_mask.shape[0] != batch or (expected is not None and attention_mask.shape[1] != expected):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
-                f"({batch}, {expected if known_past else 'cached + new tokens'})"
-            )
+    total = past_length + length if known_past else None
+    check_mask_shape(attention_mask, batch, length, total, config.num_attention_heads)
     entering = cache is None or (past_length == 0 if known_past else length > 1)
     if not entering or torch.compiler.is_compiling():
         return
-    if input_ids is not None and input_ids.numel():
-        if (bad := first_out_of_range(input_ids, config.vocab_size)) is not None:
-            raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {config.vocab_size})")
+    if input_ids is not None and (bad := first_out_of_range(input_ids, config.vocab_size)) is not None:
+        raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {config.vocab_size})")
+    if is_padding_mask(attention_mask):  # before position_ids: generate() derives those from the mask
+        check_mask_values(attention_mask)
     if position_ids is not None and position_ids.numel():
         if (bad := first_out_of_range(position_ids, limit)) is not None:
             raise ValueError(f"position_ids contains {bad}, outside [0, {limit})")
 
 
 def positions_from_mask(attention_mask: torch.Tensor, length: int) -> torch.Tensor:
-    """Position ids that skip padding, so a left-padded row gets the positions it would have alone."""
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.masked_fill(attention_mask == 0, 0)[:, -length:]
+    """Position ids that skip padding, so a left-padded row gets the positions it would have alone.
+
+    Any nonzero entry counts as a token, as transformers' mask builders read it: positions stay in range even where
+    the mask's values go unchecked (decoding steps, compiled code).
+    """
+    real = attention_mask != 0
+    positions = real.long().cumsum(-1) - 1
+    return positions.masked_fill(~real, 0)[:, -length:]
 
 
 class HfGptModel(HfGptPreTrainedModel):
@@ -233,6 +356,12 @@ class HfGptModel(HfGptPreTrainedModel):
 
     def __init__(self, config: HfGptConfig):
         config.check()  # again: from_pretrained(..., **overrides) and setattr change a config after __init__
+        check_fits_in_memory(config)
+        if config.attention_layers is None:
+            raise ValueError(
+                f"attention_layers is None (unlisted, as in configs deeper than {MAX_LISTED_LAYERS:,} layers, which "
+                f"serve estimates only): a model needs one entry for each of its {config.num_hidden_layers:,} layers"
+            )
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.max_position_embeddings, config.hidden_size)

@@ -4,6 +4,7 @@ from transformers import AutoConfig, GPT2Config, GPT2LMHeadModel, OpenAIGPTConfi
 
 import hf_gpt
 from hf_gpt import PRESETS, HfGptConfig, HfGptForCausalLM
+from hf_gpt.configuration_hf_gpt import MAX_LISTED_LAYERS
 
 pytestmark = pytest.mark.model
 
@@ -64,6 +65,7 @@ def test_config_round_trips_through_save_and_auto_config(tmp_path):
         (dict(bos_token_id=-1), "bos_token_id=-1 is outside the vocabulary [0, 1024)"),
         (dict(eos_token_id=[0, 5000]), "eos_token_id=5000 is outside the vocabulary [0, 1024)"),
         (dict(attn_pdrop=1.5), "attn_pdrop must be a probability in [0, 1], got 1.5"),
+        (dict(num_hidden_layers=1e6), "num_hidden_layers must be a positive integer (>= 1), got 1000000.0"),
     ],
 )
 def test_bad_config_values_raise_a_value_error_that_names_them(overrides, message):
@@ -125,3 +127,22 @@ def test_every_preset_instantiates_on_the_meta_device():
     for name in PRESETS:
         assert count_on_meta(HfGptForCausalLM, HfGptConfig.from_preset(name)) > 0
     assert hf_gpt.PRESETS is PRESETS
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_parameter_count_in_closed_form_is_what_the_model_holds(name):
+    for tied in (True, False):
+        config = HfGptConfig.from_preset(name, tie_word_embeddings=tied)
+        assert config.parameter_count() == count_on_meta(HfGptForCausalLM, config), (name, tied)
+
+
+def test_a_config_deeper_than_any_model_is_made_at_once_for_estimates():
+    """10**9 layers: listing attention_layers (and transformers' layer_types) per layer took minutes and gigabytes."""
+    config = HfGptConfig.from_preset("gpt2", num_hidden_layers=10**9)
+    assert config.attention_layers is None and config.layer_types is None
+    assert config.parameter_count() == 10**9 * (12 * 768**2 + 13 * 768) + (50257 + 1024) * 768 + 2 * 768
+    with torch.device("meta"), pytest.raises(ValueError, match="a model needs one entry for each of its 1,000,000,000"):
+        HfGptForCausalLM(config)
+    assert len(HfGptConfig.from_preset("gpt2-tiny", num_hidden_layers=MAX_LISTED_LAYERS).attention_layers) == 10**6
+    with pytest.raises(ValueError, match=r"layers=2,000,000 is too deep to list a mix of \['global', 'local'\]"):
+        HfGptConfig.from_preset("gpt3-small", num_hidden_layers=2 * 10**6)

@@ -75,6 +75,22 @@ def test_gpt2_import_refuses_a_checkpoint_with_missing_weights(tmp_path):
     assert not (tmp_path / "ours").exists()
 
 
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [({"n_layer": 1}, r"has weights its config.json has no place for: \['transformer.h.1."),
+     ({"vocab_size": 800}, r"transformer.wte.weight has shape \(700, 48\), its config.json expects \(800, 48\)")],
+)  # fmt: skip
+def test_gpt2_import_refuses_weights_its_config_does_not_describe(tmp_path, changed, message):
+    """transformers would drop the extra layers (a shallower model, converted "exactly") or fail with a traceback."""
+    folder = tmp_path / "gpt2"
+    random_gpt2().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changed}))
+    with pytest.raises(ValueError, match=message):
+        import_gpt2(str(folder), str(tmp_path / "ours"))
+    assert not (tmp_path / "ours").exists()
+
+
 def test_gpt2_export_loads_without_custom_code(tmp_path, trained_tokenizer):
     model = seeded(HfGptForCausalLM, tiny_config(vocab_size=700, bos_token_id=0, eos_token_id=0))
     model.save_pretrained(tmp_path / "ours")
@@ -197,6 +213,43 @@ def test_nanogpt_import_computes_nanogpts_logits(tmp_path, trained_tokenizer_dir
     with torch.no_grad():
         torch.testing.assert_close(ours(IDS).logits, nanogpt_logits(state, IDS, heads=4), rtol=0, atol=1e-5)
     assert (tmp_path / "ours" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("changed", "message"),
+    [
+        ({"n_layer": 10**6}, r"n_layer=1000000 \(the tensors hold 2\)"),  # allocated until MemoryError
+        ({"vocab_size": 10**12}, r"vocab_size=1000000000000 \(the tensors hold 704\)"),
+        ({"vocab_size": 1e12}, r"vocab_size=1000000000000.0 \(the tensors hold 704\)"),
+        ({"n_embd": 64, "block_size": 128}, r"n_embd=64 \(the tensors hold 48\), block_size=128 \(the tensors hold"),
+    ],
+)
+def test_nanogpt_import_refuses_model_args_the_weights_do_not_match(tmp_path, changed, message):
+    model_args = dict(n_layer=2, n_head=4, n_embd=48, block_size=64, bias=True, vocab_size=704, dropout=0.0)
+    state = nanogpt_state_dict(layers=2, width=48, vocab=704, context=64, bias=True)
+    torch.save({"model": state, "model_args": {**model_args, **changed}}, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match=r"ckpt.pt: model_args do not match the saved weights: " + message):
+        import_nanogpt(str(tmp_path / "ckpt.pt"), str(tmp_path / "ours"))
+    assert not (tmp_path / "ours").exists()
+
+
+def test_a_vocabulary_of_1e12_is_one_clear_error_from_every_converter(tmp_path):
+    """Before, the converters allocated the 1e12-row embedding table: a RuntimeError from the allocator, a traceback."""
+    torch.manual_seed(0)
+    OpenAIGPTLMHeadModel(OpenAIGPTConfig(**{**SHAPE, "vocab_size": 500})).save_pretrained(tmp_path / "gpt1")
+    config = json.loads((tmp_path / "gpt1" / "config.json").read_text())
+    (tmp_path / "gpt1" / "config.json").write_text(json.dumps({**config, "vocab_size": 10**12}))
+    with pytest.raises(ValueError, match=r"vocab_size=1,000,000,000,000, .* more than all .* bytes"):
+        import_openai_gpt(str(tmp_path / "gpt1"), str(tmp_path / "ours"))
+    state = nanogpt_state_dict(layers=2, width=48, vocab=704, context=64, bias=True)
+    model_args = dict(n_layer=2, n_head=4, n_embd=48, block_size=64, vocab_size=10**12)
+    torch.save({"model": state, "model_args": model_args}, tmp_path / "ckpt.pt")
+    done = subprocess.run(
+        [sys.executable, "-m", "hf_gpt.conversion.nanogpt", "import", str(tmp_path / "ckpt.pt"), str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "error: " in done.stderr and "vocab_size=1000000000000 (the tensors hold 704)" in done.stderr
 
 
 def test_a_pickle_that_runs_code_is_refused(tmp_path):

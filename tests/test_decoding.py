@@ -150,6 +150,7 @@ def test_refuses_what_it_cannot_decode():
         (lambda: decoder.generate(ids.clone().fill_(1024), 4), "token id 1024, outside the vocabulary"),
         (lambda: decoder.generate(ids, 4, attention_mask=torch.tensor([[1] * 5 + [0]] * 2)), "left"),
         (lambda: decoder.generate(ids, 4, attention_mask=torch.ones(2, 5)), "shape \\(2, 5\\), expected \\(2, 6\\)"),
+        (lambda: decoder.generate(ids, 4, attention_mask=torch.full((2, 6), 0.5)), "attention_mask holds 0.5"),
         (lambda: decoder.generate(ids, 4, do_sample=True, temperature=0.0), "temperature must be > 0"),
         (lambda: decoder.generate(ids, 4, do_sample=True, top_k=0), "top_k must be a positive integer"),
         (lambda: decoder.generate(ids, 4, generator=SimpleNamespace(device=torch.device("cuda"))), "generator is on"),

@@ -7,7 +7,7 @@ import torch
 
 from hf_gpt import PRESETS, HfGptConfig, HfGptForCausalLM
 from hf_gpt.cli import main
-from hf_gpt.estimate import count_parameters, estimate, parameter_counts, parse_count
+from hf_gpt.estimate import META_COUNT_MAX_LAYERS, count_parameters, estimate, parameter_counts, parse_count
 from hf_gpt.training_setup import load_config
 
 SMALL_PRESETS = [name for name in PRESETS if name.endswith("-tiny") or name in ("gpt1", "gpt2", "gpt3-small")]
@@ -28,6 +28,26 @@ def test_parameters_match_the_closed_form_for_every_preset(name):
     total, non_embedding = parameter_counts(config)
     assert total == closed_form_parameters(config)
     assert non_embedding == total - config.max_position_embeddings * config.hidden_size
+
+
+def test_deep_models_are_counted_in_closed_form_as_the_meta_device_counts_them():
+    depth = META_COUNT_MAX_LAYERS + 1
+    config = HfGptConfig.from_preset("gpt2-tiny", num_hidden_layers=depth, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = HfGptForCausalLM(config)
+    assert parameter_counts(config) == (count_parameters(model), count_parameters(model, non_embedding=True))
+
+
+def test_any_depth_is_estimated_at_once(capsys):
+    """10**9 layers printed nothing in 300 s: building the config and counting on the meta device took that long."""
+    config = HfGptConfig.from_preset("gpt2", num_hidden_layers=10**9)
+    est = estimate(config)
+    assert est.parameters == closed_form_parameters(config) == config.parameter_count()
+    assert est.non_embedding_parameters == est.parameters - 1024 * 768
+    assert main(["estimate", "gpt2", "--set", "n_layer=1000000000"]) == 0
+    out = capsys.readouterr().out
+    assert f"{est.parameters:,}  (7.088e+15; closed form, tied once)" in out
+    assert "1.532e+12 years" in out  # powers of ten where commas would overflow the columns
 
 
 @pytest.mark.parametrize("name", SMALL_PRESETS)
@@ -163,7 +183,6 @@ def test_cli_overrides_and_config_file(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--mfu", "1.5"], "mfu must be in (0, 1]"),
         (["--tokens=-300B"], "--tokens must be a positive whole number"),
         (["--set", "hidden_size=0"], "hidden_size must be a positive integer"),
     ],
@@ -171,6 +190,12 @@ def test_cli_overrides_and_config_file(tmp_path, capsys):
 def test_cli_bad_input_exits_2_with_the_message(args, message, capsys):
     assert main(["estimate", "gpt2-tiny", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_bad_numbers_exit_2_naming_the_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["estimate", "gpt2-tiny", "--mfu", "1.5"])
+    assert exit_.value.code == 2 and "argument --mfu: must be a finite number in (0, 1]" in capsys.readouterr().err
 
 
 def test_cli_unknown_model(capsys):

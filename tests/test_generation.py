@@ -113,3 +113,13 @@ def test_assisted_decoding_returns_the_target_models_greedy_tokens(model, preset
         pad_token_id=PAD,
     )
     assert torch.equal(assisted, greedy(model, ids, use_cache=False))
+
+
+def test_an_empty_prompt_or_a_mask_holding_more_than_0_and_1_is_refused_naming_it():
+    """Both failed inside the forward: "cannot reshape tensor of 0 elements", and position ids from a mask of 0.5s."""
+    model = seeded(HfGptForCausalLM, tiny_config(pad_token_id=PAD))
+    with pytest.raises(ValueError, match=r"input_ids has shape \(1, 0\): .*a prompt of at least one token"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=4, do_sample=False, pad_token_id=PAD)
+    ids = prompts(model.config)
+    with pytest.raises(ValueError, match=r"attention_mask holds 0.5: .*only 0 \(padding\) and 1 \(a token\)"):
+        model.generate(ids, attention_mask=torch.full(ids.shape, 0.5), max_new_tokens=4, pad_token_id=PAD)

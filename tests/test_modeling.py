@@ -1,6 +1,7 @@
 """The model contract with transformers: heads, attention backends, caches, padding, training hooks."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from hf_gpt import (
     HfGptForTokenClassification,
     HfGptModel,
 )
+from hf_gpt import modeling_hf_gpt as modeling
 from hf_gpt.modeling_hf_gpt import CACHE_FIELD
 
 pytestmark = pytest.mark.model
@@ -434,6 +436,44 @@ class TestBadInputs:
             self.model(ids, inputs_embeds=self.model.get_input_embeddings()(ids))
         with pytest.raises(ValueError, match="exactly one of input_ids or inputs_embeds"):
             self.model()
+
+
+def test_a_model_too_large_for_memory_is_refused_before_a_layer_is_built(tmp_path):
+    """10**6 GPT-2 layers hold 7e12 parameters (28 TB in fp32): built anyway, they allocated until memory ran out."""
+    config = HfGptConfig.from_preset("gpt2", num_hidden_layers=10**6)
+    message = (
+        r"num_hidden_layers=1,000,000, hidden_size=768, .* has 7,087,911,385,344 parameters: its torch.float32 "
+        r"weights need 28,351,645,541,376 bytes .* more than all .* bytes .* of this machine's RAM"
+    )
+    with pytest.raises(ValueError, match=message):
+        HfGptForCausalLM(config)
+    with pytest.raises(ValueError, match=message):
+        AutoModelForCausalLM.from_config(config)
+    # from_pretrained builds on the meta device, then loads into RAM: a config.json saying 10**6 layers is refused too.
+    seeded(HfGptForCausalLM, tiny_config()).save_pretrained(tmp_path)
+    values = {key: value for key, value in config.to_dict().items() if key != "attention_layers"}
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    with pytest.raises(ValueError, match="num_hidden_layers=1,000,000"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_the_size_check_counts_the_dtype_and_skips_what_allocates_nothing_in_ram(monkeypatch, tmp_path):
+    from accelerate import init_empty_weights
+
+    config = tiny_config()
+    seeded(HfGptForCausalLM, config).save_pretrained(tmp_path)
+    fp32_bytes = 4 * config.parameter_count()
+    monkeypatch.setattr(modeling, "device_memory", lambda device: fp32_bytes - 1)  # a machine a byte too small
+    with pytest.raises(ValueError, match=rf"weights need {fp32_bytes:,} bytes .* more than all {fp32_bytes - 1:,}"):
+        HfGptForCausalLM(config)
+    with pytest.raises(ValueError, match="more than all"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert HfGptForCausalLM._from_config(config, dtype=torch.bfloat16).dtype == torch.bfloat16  # half the bytes
+    with torch.device("meta"):  # counting, or transformers' own meta init
+        HfGptForCausalLM(config)
+    with init_empty_weights():  # accelerate's big-model recipe: parameters on meta, the default device still cpu
+        HfGptForCausalLM(config)
+    AutoModelForCausalLM.from_pretrained(tmp_path, device_map="cpu")  # a device_map may offload to disk: no check
 
 
 @pytest.mark.parametrize("mode", ["greedy", "beam", "assisted"])
