@@ -319,13 +319,17 @@ def read_text_file(path: str | os.PathLike, what: str = "text file") -> str:
 def read_json_object(path: str | os.PathLike, what: str) -> dict:
     """A JSON file holding one object (a config, a manifest, a run's arguments); anything else is a ValueError
     naming the file."""
-    text = read_text_file(path, what)
+    return json_object(read_text_file(path, what), f"{what} {path}")
+
+
+def json_object(text: str, where: str) -> dict:
+    """`text` parsed as one JSON object; anything else is a ValueError naming `where` (a file, or file:line)."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {path} is damaged (not valid JSON: {e})") from None
+        raise ValueError(f"{where}: not valid JSON ({e})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{what} {path} is damaged (it holds a JSON {type(value).__name__}, not an object)")
+        raise ValueError(f"{where}: expected a JSON object, got {type(value).__name__}")
     return value
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from tokenizers import processors
 from transformers import PreTrainedTokenizerBase
 
-from .files import read_text_file
+from .files import json_object, read_text_file
 
 START, DELIMITER, EXTRACT = "<|start|>", "<|delim|>", "<|extract|>"
 
@@ -116,13 +116,7 @@ def jsonl_objects(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        yield where, record
+        yield where, json_object(line, where)
 
 
 def task_examples(

@@ -349,11 +349,15 @@ def test_damaged_files_are_named(tmp_path, capsys, model_dir, trained_tokenizer_
     assert run_cli(capsys, "prepare-data", corpus, "--tokenizer", trained_tokenizer_dir, "--output", data,
                    "--workers", "1", "--val-fraction", "0")[0] == 0  # fmt: skip
     manifest = json.loads((data / "manifest.json").read_text())
-    for damaged in ("{not json", json.dumps({k: v for k, v in manifest.items() if k != "splits"})):
+    without_splits = json.dumps({k: v for k, v in manifest.items() if k != "splits"})
+    for damaged, message in [
+        ("{not json", "manifest.json: not valid JSON"),
+        (without_splits, "manifest.json is damaged"),
+    ]:
         (data / "manifest.json").write_text(damaged)
         code, err = run_cli(capsys, "pretrain", data, "--tokenizer", trained_tokenizer_dir, "--output",
                             tmp_path / "run")  # fmt: skip
-        assert code == 2 and "manifest.json is damaged" in one_line(err)
+        assert code == 2 and message in one_line(err)
     task = tmp_path / "task.jsonl"
     task.write_bytes(b'{"context": "\xff", "choices": ["a", "b"], "answer": 0}\n')
     code, err = run_cli(capsys, "eval", "fewshot", model_dir, task, "--shots", "0")
