@@ -528,3 +528,11 @@ def test_the_library_refuses_the_same_numbers(tmp_path, corpus, options, message
     with pytest.raises(ValueError, match=message):
         train_bpe_tokenizer([corpus], 300, tmp_path / "tok", show_progress=False, **options)
     assert not (tmp_path / "tok").exists()
+
+
+def test_a_damaged_run_json_is_named_on_resume(tmp_path, capsys, corpus, trained_tokenizer_dir):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text('{"output_dir": ')  # cut short by a full disk, say
+    code, err = run_cli(capsys, "pretrain", corpus, "--tokenizer", trained_tokenizer_dir, "--output", run, "--resume")
+    assert code == 2 and f"the run's arguments {run / 'run.json'}: not valid JSON" in one_line(err)
