@@ -143,7 +143,9 @@ def check_output_dir(
 ) -> Path:
     """Refuse, before any work starts, an output folder we would clobber, could not create, or that touches an input."""
     path = Path(path)
-    if path.is_symlink() or (path.exists() and not path.is_dir()):
+    if path.is_symlink():  # replacing it would replace the link, and checking it would follow it
+        raise ValueError(f"output {path} is a symbolic link; give the folder it points to, {path.resolve()}")
+    if path.exists() and not path.is_dir():
         raise ValueError(f"output {path} exists and is not a folder")
     check_apart(path, inputs)
     check_replaceable(path, kind, overwrite)

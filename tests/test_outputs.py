@@ -81,6 +81,10 @@ def test_a_folder_is_replaced_only_when_all_of_it_is_the_same_commands_output(tm
     (folder / "link").symlink_to(tmp_path)
     with pytest.raises(ValueError, match="holds .*link"):
         check_output_dir(folder, overwrite=True, kind="prepare-data")
+    (folder / "link").unlink()
+    (tmp_path / "alias").symlink_to(folder)
+    with pytest.raises(ValueError, match=f"alias is a symbolic link; give the folder it points to, {folder}"):
+        check_output_dir(tmp_path / "alias", overwrite=True, kind="prepare-data")
 
 
 def test_files_arriving_during_the_work_stop_the_replacement(tmp_path):
