@@ -27,6 +27,9 @@ from hf_gpt.converting import (
 )
 
 RENAMES = {"tokens_embed.": "wte.", "positions_embed.": "wpe."}
+# transformers' OpenAIGPT ACT_FNS as our activation_function: its "gelu" is the tanh approximation (gelu_new, as
+# OpenAI's GPT-1 code had it), not the exact erf GELU that the name means in ACT2FN.
+AFN_ACTIVATIONS = {"relu": "relu", "silu": "silu", "swish": "silu", "gelu": "gelu_new"}
 
 
 def import_openai_gpt(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
@@ -34,6 +37,9 @@ def import_openai_gpt(source: str, output_dir: str, overwrite: bool = False, tok
     config = read_config(folder)
     if config.get("model_type") != "openai-gpt":
         raise ValueError(f"{source} holds a {config.get('model_type')!r} model, not openai-gpt")
+    afn = config.get("afn", "gelu")
+    if afn not in AFN_ACTIVATIONS:
+        raise ValueError(f"{source}: afn={afn!r} is not one transformers' GPT-1 has ({', '.join(AFN_ACTIVATIONS)})")
     ours = HfGptForCausalLM(
         HfGptConfig(
             vocab_size=config["vocab_size"],
@@ -41,7 +47,7 @@ def import_openai_gpt(source: str, output_dir: str, overwrite: bool = False, tok
             n_embd=config["n_embd"],
             n_layer=config["n_layer"],
             n_head=config["n_head"],
-            activation_function=config.get("afn", "gelu"),
+            activation_function=AFN_ACTIVATIONS[afn],
             resid_pdrop=config.get("resid_pdrop", 0.1),
             embd_pdrop=config.get("embd_pdrop", 0.1),
             attn_pdrop=config.get("attn_pdrop", 0.1),

@@ -7,6 +7,7 @@ Names follow GPT-2/nanoGPT (wte, wpe, h, ln_f, c_attn, c_proj, c_fc) so checkpoi
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from contextvars import ContextVar
@@ -33,6 +34,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_hf_gpt import MAX_LISTED_LAYERS, HfGptConfig
 
@@ -49,6 +51,14 @@ def head_output(output_class, body_outputs: BaseModelOutputWithPast, **fields):
     if CACHE_FIELD in output_class.__dataclass_fields__:
         fields[CACHE_FIELD] = getattr(body_outputs, CACHE_FIELD)
     return output_class(hidden_states=body_outputs.hidden_states, attentions=body_outputs.attentions, **fields)
+
+
+def renamed_cache_argument(forward):
+    """Where `cache` is transformers' name (5.24+), `past_key_values=` is renamed with the FutureWarning its own
+    models give; before that, `past_key_values` is the current name and passes silently."""
+    if CACHE_FIELD != "cache":
+        return forward
+    return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
 
 
 def _pick_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
@@ -85,13 +95,15 @@ class HfGptAttention(nn.Module):
         self.c_proj.is_residual_projection = True
         self.resid_dropout = nn.Dropout(config.resid_pdrop)
 
-    def forward(self, hidden_states, attention_mask, cache: Cache | None = None, **kwargs):
+    def forward(self, hidden_states, attention_mask, cache: Cache | None = None, output_attentions=False, **kwargs):
         batch, length, _ = hidden_states.shape
         qkv = self.c_attn(hidden_states).view(batch, length, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, length, head_dim)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        # Only the eager way has the weights to return; the body then built this call's masks for it.
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         output, weights = attention(
             self,
             query,
@@ -378,18 +390,24 @@ class HfGptModel(HfGptPreTrainedModel):
     def set_input_embeddings(self, new_embeddings):
         self.wte = new_embeddings
 
-    def _attention_masks(self, inputs_embeds, attention_mask, cache, position_ids) -> dict:
-        """One mask per kind of layer present, keyed like transformers' `layer_types`."""
+    def _attention_masks(self, inputs_embeds, attention_mask, cache, position_ids, eager: bool = False) -> dict:
+        """One mask per kind of layer present, keyed like transformers' `layer_types` (`eager`: in the form eager
+        attention takes, whatever the model's own implementation)."""
         if isinstance(attention_mask, dict):  # prepared by generate() for compiled static-cache decoding
             return attention_mask
+        config = self.config
+        if eager and config._attn_implementation != "eager":
+            config = copy.copy(config)
+            config._attn_implementation = "eager"
         builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
         # Positional arguments: the cache parameter's name differs between transformers versions.
         return {
-            kind: builders[kind](self.config, inputs_embeds, attention_mask, cache, position_ids)
-            for kind in set(self.config.layer_types)
+            kind: builders[kind](config, inputs_embeds, attention_mask, cache, position_ids)
+            for kind in set(config.layer_types)
         }
 
     @can_return_tuple
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -409,9 +427,9 @@ class HfGptModel(HfGptPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                f"output_attentions needs attn_implementation='eager'; this model uses "
-                f"{self.config._attn_implementation!r}, which does not return attention weights"
+            logger.warning_once(
+                f"output_attentions=True: attention is computed the eager way for such calls, since "
+                f"{self.config._attn_implementation!r} does not return attention weights"
             )
         if self.gradient_checkpointing and self.training:
             if cache is not None:
@@ -432,14 +450,19 @@ class HfGptModel(HfGptPreTrainedModel):
                 position_ids = (torch.arange(length, device=inputs_embeds.device) + past_length).unsqueeze(0)
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
-        masks = self._attention_masks(inputs_embeds, attention_mask, cache, position_ids)
+        masks = self._attention_masks(inputs_embeds, attention_mask, cache, position_ids, eager=output_attentions)
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for block, layer_type in zip(self.h, self.config.layer_types, strict=True):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
             hidden_states, weights = block(
-                hidden_states, masks[layer_type], cache=cache, position_ids=position_ids, **kwargs
+                hidden_states,
+                masks[layer_type],
+                cache=cache,
+                position_ids=position_ids,
+                output_attentions=output_attentions,
+                **kwargs,
             )
             if output_attentions:
                 all_attentions += (weights,)
@@ -490,6 +513,7 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
             )
 
     @can_return_tuple
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -512,8 +536,7 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
-            past_key_values=past_key_values,
+            cache=_pick_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -542,15 +565,30 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
-        r"""kwargs: the body's other inputs (position_ids, inputs_embeds, cache, output_*)."""
-        outputs = self.transformer(input_ids, attention_mask=attention_mask, **kwargs)
+        r"""kwargs: the body's other inputs (output_*). Every input transformers may look for by name (Trainer's
+        `remove_unused_columns` reads this signature) is named here."""
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=_pick_cache(cache, past_key_values),
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
         hidden_states = outputs.last_hidden_state
         last = last_token_index(hidden_states, input_ids, attention_mask, self.config.pad_token_id)
         logits = self.score(self.dropout(gather_rows(hidden_states, last)))
@@ -576,11 +614,19 @@ class HfGptForTokenClassification(HfGptPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> TokenClassifierOutput:
-        r"""kwargs: the body's other inputs (position_ids, inputs_embeds, output_*)."""
-        outputs = self.transformer(input_ids, attention_mask=attention_mask, **{**kwargs, "use_cache": False})
+        r"""kwargs: the body's other inputs (output_*)."""
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **{**kwargs, "use_cache": False},
+        )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = self.loss_function(logits, labels, self.config) if labels is not None else None
         return head_output(TokenClassifierOutput, outputs, loss=loss, logits=logits)
@@ -602,12 +648,20 @@ class HfGptForQuestionAnswering(HfGptPreTrainedModel):
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         start_positions: torch.LongTensor | None = None,
         end_positions: torch.LongTensor | None = None,
         **kwargs,
     ) -> QuestionAnsweringModelOutput:
-        r"""kwargs: the body's other inputs (position_ids, inputs_embeds, output_*)."""
-        outputs = self.transformer(input_ids, attention_mask=attention_mask, **{**kwargs, "use_cache": False})
+        r"""kwargs: the body's other inputs (output_*)."""
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **{**kwargs, "use_cache": False},
+        )
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).unbind(-1)
         loss = None
         if start_positions is not None and end_positions is not None:

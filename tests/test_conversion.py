@@ -15,19 +15,32 @@ from hf_gpt.conversion.nanogpt import import_nanogpt
 from hf_gpt.conversion.openai_gpt import import_openai_gpt
 from huggingface_hub import ModelCard
 from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
+from transformers.models.openai.modeling_openai import ACT_FNS
 
 from hf_gpt import HfGptForCausalLM
 
 SHAPE = dict(vocab_size=700, n_positions=64, n_embd=48, n_layer=2, n_head=4)
 IDS = torch.randint(0, 700, (2, 40), generator=torch.Generator().manual_seed(1))
+# Weights at a trained model's scale: at the 0.02 init activations stay near 0, where e.g. the exact and the tanh
+# GELU agree to 1e-6, so a converter that picked the wrong variant would still pass.
+STD = 0.2
+
+
+def at_realistic_scale(model):
+    """Every parameter drawn from N(0, STD), LayerNorm weights from N(1, STD); tied weights stay tied."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            for name, parameter in module.named_parameters(recurse=False):
+                centre = 1.0 if isinstance(module, torch.nn.LayerNorm) and name == "weight" else 0.0
+                parameter.copy_(centre + STD * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
 
 
 def random_gpt2(tied: bool = True) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    config = GPT2Config(**SHAPE, bos_token_id=0, eos_token_id=0, tie_word_embeddings=tied, initializer_range=0.2)
-    model = GPT2LMHeadModel(config).eval()
-    if not tied:  # make sure the output layer really differs from the input embedding
-        torch.nn.init.normal_(model.lm_head.weight, std=0.2)
+    config = GPT2Config(**SHAPE, bos_token_id=0, eos_token_id=0, tie_word_embeddings=tied)
+    model = at_realistic_scale(GPT2LMHeadModel(config))
+    assert tied or not torch.equal(model.lm_head.weight, model.transformer.wte.weight)  # untied really differs
     return model
 
 
@@ -92,7 +105,7 @@ def test_gpt2_import_refuses_weights_its_config_does_not_describe(tmp_path, chan
 
 
 def test_gpt2_export_loads_without_custom_code(tmp_path, trained_tokenizer):
-    model = seeded(HfGptForCausalLM, tiny_config(vocab_size=700, bos_token_id=0, eos_token_id=0))
+    model = at_realistic_scale(seeded(HfGptForCausalLM, tiny_config(vocab_size=700, bos_token_id=0, eos_token_id=0)))
     model.save_pretrained(tmp_path / "ours")
     trained_tokenizer.save_pretrained(tmp_path / "ours")
     export_gpt2(str(tmp_path / "ours"), str(tmp_path / "gpt2"))
@@ -136,17 +149,43 @@ def test_gpt2_export_refuses_what_gpt2_cannot_compute(tmp_path, preset, override
     assert not (tmp_path / "gpt2").exists()
 
 
-def test_openai_gpt_import_gives_the_same_logits(tmp_path):
-    torch.manual_seed(0)
-    config = OpenAIGPTConfig(**{**SHAPE, "vocab_size": 500}, afn="gelu", initializer_range=0.2)
-    reference = OpenAIGPTLMHeadModel(config).eval()
+def random_gpt1(afn: str) -> OpenAIGPTLMHeadModel:
+    return at_realistic_scale(OpenAIGPTLMHeadModel(OpenAIGPTConfig(**{**SHAPE, "vocab_size": 500}, afn=afn)))
+
+
+# Every afn transformers' GPT-1 has; its "gelu" is the tanh approximation (before, converted as the exact GELU: the
+# logits differed by ~1e-3 and the converter refused its own output).
+@pytest.mark.parametrize("afn", sorted(ACT_FNS))
+def test_openai_gpt_import_gives_the_same_logits(tmp_path, afn):
+    reference = random_gpt1(afn)
     reference.save_pretrained(tmp_path / "gpt1")
     import_openai_gpt(str(tmp_path / "gpt1"), str(tmp_path / "ours"))
     ours = HfGptForCausalLM.from_pretrained(tmp_path / "ours").eval()
-    assert ours.config.norm_position == "post" and ours.config.activation_function == "gelu"
+    expected = {"gelu": "gelu_new", "swish": "silu"}.get(afn, afn)
+    assert ours.config.norm_position == "post" and ours.config.activation_function == expected
     ids = IDS % 500
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, reference(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_openai_gpt_import_refuses_an_afn_transformers_does_not_have(tmp_path):
+    random_gpt1("gelu").save_pretrained(tmp_path / "gpt1")
+    config = json.loads((tmp_path / "gpt1" / "config.json").read_text())
+    (tmp_path / "gpt1" / "config.json").write_text(json.dumps({**config, "afn": "gelu_fast"}))
+    with pytest.raises(
+        ValueError, match=r"afn='gelu_fast' is not one transformers' GPT-1 has \(relu, silu, swish, gelu"
+    ):
+        import_openai_gpt(str(tmp_path / "gpt1"), str(tmp_path / "ours"))
+    assert not (tmp_path / "ours").exists()
+
+
+def test_the_realistic_scale_tells_the_gelu_variants_apart():
+    """The point of STD: were the scale too small, the tests above would pass a converter with the wrong GELU."""
+    exact, tanh = (random_gpt1("gelu") for _ in range(2))
+    for block in exact.transformer.h:
+        block.mlp.act = torch.nn.GELU()
+    with torch.no_grad():
+        assert (exact(IDS % 500).logits - tanh(IDS % 500).logits).abs().max() > 1e-4
 
 
 # nanoGPT: checkpoints built here in its documented layout, and its forward written out from its model.py's
@@ -156,24 +195,24 @@ def test_openai_gpt_import_gives_the_same_logits(tmp_path):
 def nanogpt_state_dict(layers: int, width: int, vocab: int, context: int, bias: bool) -> dict:
     generator = torch.Generator().manual_seed(0)
 
-    def tensor(*shape, std=0.2):
-        return torch.randn(*shape, generator=generator) * std
+    def tensor(*shape):
+        return torch.randn(*shape, generator=generator) * STD
 
     state = {"transformer.wte.weight": tensor(vocab, width), "transformer.wpe.weight": tensor(context, width)}
     linear = {"attn.c_attn": (3 * width, width), "attn.c_proj": (width, width), "mlp.c_fc": (4 * width, width),
               "mlp.c_proj": (width, 4 * width)}  # fmt: skip
     for i in range(layers):
         for norm in ("ln_1", "ln_2"):
-            state[f"transformer.h.{i}.{norm}.weight"] = 1 + tensor(width, std=0.1)
+            state[f"transformer.h.{i}.{norm}.weight"] = 1 + tensor(width)
             if bias:
-                state[f"transformer.h.{i}.{norm}.bias"] = tensor(width, std=0.1)
+                state[f"transformer.h.{i}.{norm}.bias"] = tensor(width)
         for name, shape in linear.items():
             state[f"transformer.h.{i}.{name}.weight"] = tensor(*shape)
             if bias:
-                state[f"transformer.h.{i}.{name}.bias"] = tensor(shape[0], std=0.1)
-    state["transformer.ln_f.weight"] = 1 + tensor(width, std=0.1)
+                state[f"transformer.h.{i}.{name}.bias"] = tensor(shape[0])
+    state["transformer.ln_f.weight"] = 1 + tensor(width)
     if bias:
-        state["transformer.ln_f.bias"] = tensor(width, std=0.1)
+        state["transformer.ln_f.bias"] = tensor(width)
     state["lm_head.weight"] = state["transformer.wte.weight"]  # tied, as nanoGPT saves it
     return state
 

@@ -111,8 +111,14 @@ def test_past_key_values_is_accepted_as_the_cache_argument_name():
         model(ids[:, :7], **{name: cache})
         assert cache.get_seq_length() == 7
         torch.testing.assert_close(model(ids[:, 7:], **{name: cache}).logits[:, -1], full, atol=2e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="not both"):
-        model(ids, cache=DynamicCache(config=config), past_key_values=DynamicCache(config=config))
+    both = {"cache": DynamicCache(config=config), "past_key_values": DynamicCache(config=config)}
+    if CACHE_FIELD == "cache":  # as transformers' own models on 5.24+: the old name is dropped, with a warning
+        with pytest.warns(FutureWarning, match="Both `past_key_values` and `cache` are set"):
+            model(ids, **both)
+        assert both["cache"].get_seq_length() == 8 and both["past_key_values"].get_seq_length() == 0
+    else:
+        with pytest.raises(ValueError, match="not both"):
+            model(ids, **both)
 
 
 def test_static_cache_matches_dynamic_cache(preset):
@@ -247,6 +253,25 @@ def test_inputs_embeds_gives_the_same_output_as_input_ids(preset):
     ids = random_ids(config)
     embeds = model.get_input_embeddings()(ids)
     torch.testing.assert_close(model(inputs_embeds=embeds).logits, model(ids).logits)
+
+
+def test_sdpa_returns_the_eager_attention_weights_on_request(preset):
+    """sdpa has no weights to return: such a call runs the eager way, masks included (left padding here)."""
+    config = tiny_config(preset)
+    eager = seeded(HfGptForCausalLM, config, attn_implementation="eager")
+    sdpa = seeded(HfGptForCausalLM, config, attn_implementation="sdpa")
+    ids = random_ids(config, length=20)
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    expected = eager(ids, attention_mask=mask, output_attentions=True)
+    got = sdpa(ids, attention_mask=mask, output_attentions=True)
+    assert len(got.attentions) == config.num_hidden_layers
+    for want, have in zip(expected.attentions, got.attentions, strict=True):
+        torch.testing.assert_close(have, want)
+    torch.testing.assert_close(got.logits, expected.logits)
+    real = mask.bool()  # padded positions attend to nothing, which the kernels fill differently
+    torch.testing.assert_close(sdpa(ids, attention_mask=mask).logits[real], expected.logits[real], rtol=1e-4, atol=1e-4)
+    assert sdpa(ids, attention_mask=mask).attentions is None
 
 
 def test_hidden_states_and_attention_weights_are_returned_on_request(preset):
@@ -419,11 +444,6 @@ class TestBadInputs:
         with pytest.raises(ValueError, match=r"hidden_size \(65\) must be divisible by num_attention_heads \(4\)"):
             HfGptForCausalLM(config)
 
-    def test_attention_weights_from_a_kernel_that_has_none(self):
-        model = seeded(HfGptModel, self.config, attn_implementation="sdpa")
-        with pytest.raises(ValueError, match="output_attentions needs attn_implementation='eager'.* 'sdpa'"):
-            model(torch.zeros(1, 4, dtype=torch.long), output_attentions=True)
-
     def test_an_attention_mask_of_the_wrong_shape(self):
         with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 5\), expected \(2, 6\)"):
             self.model(torch.zeros(2, 6, dtype=torch.long), attention_mask=torch.ones(2, 5, dtype=torch.long))
@@ -542,3 +562,49 @@ def test_forward_and_static_cache_decoding_compile_without_graph_breaks():
         torch._dynamo.config.error_on_recompile = False
     reference = model(tokens).logits[:, 8:14]
     torch.testing.assert_close(torch.stack(steps, dim=1), reference, atol=2e-4, rtol=1e-4)
+
+
+def future_warnings_for_the_old_cache_name(model, ids) -> list[str]:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model(ids, past_key_values=DynamicCache(config=model.config))
+    return [str(w.message) for w in caught if issubclass(w.category, FutureWarning) and "past_key_values" in str(w)]
+
+
+def test_the_old_cache_name_warns_exactly_when_transformers_own_gpt2_does():
+    """5.24 renamed `past_key_values` to `cache`: there it warns; before, it is the current name and must not."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ids = torch.randint(0, 100, (1, 6))
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).eval()
+    ours = seeded(HfGptForCausalLM, tiny_config())
+    expected = future_warnings_for_the_old_cache_name(gpt2, ids)
+    assert bool(expected) == (CACHE_FIELD == "cache")
+    assert len(future_warnings_for_the_old_cache_name(ours, ids)) == len(expected)
+    for head in (ours.transformer, seeded(HfGptForSequenceClassification, tiny_config(num_labels=2, pad_token_id=0))):
+        assert len(future_warnings_for_the_old_cache_name(head, ids)) == len(expected)
+    torch.testing.assert_close(ours(ids, past_key_values=DynamicCache(config=ours.config)).logits, ours(ids).logits)
+
+
+@pytest.mark.parametrize(
+    "head", [HfGptForSequenceClassification, HfGptForTokenClassification, HfGptForQuestionAnswering]
+)
+def test_every_head_names_the_inputs_transformers_looks_up_by_name(head):
+    """Trainer's remove_unused_columns keeps only the columns forward's signature names."""
+    import inspect
+
+    names = set(inspect.signature(head.forward).parameters)
+    assert {"input_ids", "attention_mask", "position_ids", "inputs_embeds"} <= names
+    config = tiny_config(num_labels=3, pad_token_id=0)
+    model = seeded(head, config)
+    ids = torch.randint(1, 100, (2, 7))
+    positions = torch.arange(7).expand(2, 7)
+    by_ids = model(input_ids=ids, position_ids=positions)
+    by_embeds = model(inputs_embeds=model.get_input_embeddings()(ids), position_ids=positions)
+    for name in ("logits", "start_logits", "end_logits"):
+        if getattr(by_ids, name, None) is not None:
+            torch.testing.assert_close(getattr(by_embeds, name), getattr(by_ids, name))
+    if head is HfGptForSequenceClassification:  # it returns a cache, as GPT-2's does
+        assert {"cache", "past_key_values", "use_cache"} <= names
