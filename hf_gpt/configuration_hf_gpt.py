@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # What `save_pretrained` writes into config.json so every Auto class finds the flat code files.
 AUTO_MAP = {
@@ -26,6 +29,18 @@ NORM_POSITIONS = ("pre", "post")
 # transformers' own config code walks too) would take minutes and gigabytes, for a config no model can be built
 # from; such a config serves cost estimates only.
 MAX_LISTED_LAYERS = 10**6
+
+
+def special_ids_outside_vocabulary(holder, vocab_size: int) -> list[str]:
+    """ "name=id" for each special-token id of `holder` (a config or a generation config) outside [0, vocab_size)."""
+    found = []
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(holder, name, None)
+        value = value.tolist() if hasattr(value, "tolist") else value  # generate() may hold them as tensors
+        for token_id in value if isinstance(value, (list, tuple)) else [value]:
+            if token_id is not None and not 0 <= token_id < vocab_size:
+                found.append(f"{name}={token_id}")
+    return found
 
 
 def _gpt2(n_layer: int, n_embd: int, n_head: int) -> dict:
@@ -219,11 +234,11 @@ class HfGptConfig(PretrainedConfig):
             unknown = sorted(set(self.attention_layers) - set(LAYER_TYPES))
             if unknown:
                 raise ValueError(f"attention_layers entries must be in {sorted(LAYER_TYPES)}, got {unknown}")
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            for token_id in value if isinstance(value, (list, tuple)) else [value]:
-                if token_id is not None and not 0 <= token_id < self.vocab_size:
-                    raise ValueError(f"{name}={token_id} is outside the vocabulary [0, {self.vocab_size})")
+        outside = special_ids_outside_vocabulary(self, self.vocab_size)
+        if outside:  # as transformers' own configs: a notice here, an error where such an id would be used
+            logger.warning_once(
+                f"{', '.join(outside)} outside the vocabulary [0, {self.vocab_size}); generate() refuses such ids"
+            )
 
     def parameter_count(self) -> int:
         """Parameters of `HfGptForCausalLM` on this config (a tied output layer once), in closed form, so any size

@@ -36,7 +36,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
-from .configuration_hf_gpt import MAX_LISTED_LAYERS, HfGptConfig
+from .configuration_hf_gpt import MAX_LISTED_LAYERS, HfGptConfig, special_ids_outside_vocabulary
 
 logger = logging.get_logger(__name__)
 GIB = 2**30
@@ -502,6 +502,17 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
         self.transformer = HfGptModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+
+    def _prepare_special_tokens(self, generation_config, *args, **kwargs):
+        """Refuse special-token ids outside the vocabulary before generate() feeds one to the embedding (padding
+        finished rows, starting without a prompt): a config may hold such ids, as transformers' configs may."""
+        outside = special_ids_outside_vocabulary(generation_config, self.config.vocab_size)
+        if outside:
+            raise ValueError(
+                f"generate() cannot use {', '.join(outside)}: outside the vocabulary [0, {self.config.vocab_size}); "
+                "set valid ids in the generation config or pass them to generate()"
+            )
+        return super()._prepare_special_tokens(generation_config, *args, **kwargs)
 
     def _validate_generated_length(self, generation_config, input_ids_length, has_default_max_length):
         """Refuse, before the first step, a generation that would run past the learned positions."""

@@ -61,9 +61,6 @@ def test_config_round_trips_through_save_and_auto_config(tmp_path):
         (dict(attention_layers=["global", "sparse"]), "attention_layers entries must be in ['global', 'local']"),
         (dict(activation_function="gelu_fancy"), "activation_function 'gelu_fancy' is unknown"),
         (dict(norm_position="middle"), "norm_position must be one of ('pre', 'post'), got 'middle'"),
-        (dict(pad_token_id=1024), "pad_token_id=1024 is outside the vocabulary [0, 1024)"),
-        (dict(bos_token_id=-1), "bos_token_id=-1 is outside the vocabulary [0, 1024)"),
-        (dict(eos_token_id=[0, 5000]), "eos_token_id=5000 is outside the vocabulary [0, 1024)"),
         (dict(attn_pdrop=1.5), "attn_pdrop must be a probability in [0, 1], got 1.5"),
         (dict(num_hidden_layers=1e6), "num_hidden_layers must be a positive integer (>= 1), got 1000000.0"),
     ],
@@ -146,3 +143,25 @@ def test_a_config_deeper_than_any_model_is_made_at_once_for_estimates():
     assert len(HfGptConfig.from_preset("gpt2-tiny", num_hidden_layers=MAX_LISTED_LAYERS).attention_layers) == 10**6
     with pytest.raises(ValueError, match=r"layers=2,000,000 is too deep to list a mix of \['global', 'local'\]"):
         HfGptConfig.from_preset("gpt3-small", num_hidden_layers=2 * 10**6)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [(dict(pad_token_id=1024), "pad_token_id=1024"), (dict(bos_token_id=-1), "bos_token_id=-1"),
+     (dict(eos_token_id=[0, 5000]), "eos_token_id=5000"), (dict(vocab_size=99), "bos_token_id=50256")],
+)  # fmt: skip
+def test_special_token_ids_outside_the_vocabulary_build_and_generate_refuses_them(overrides, named):
+    """As GPT2Config(vocab_size=99) builds, ours does; the error moves to where such an id would be fed in."""
+    import torch
+
+    from hf_gpt import HfGptForCausalLM
+
+    defaults = {} if "vocab_size" in overrides else {"vocab_size": 1024, "bos_token_id": 0, "eos_token_id": 0}
+    config = HfGptConfig(**{"n_layer": 1, "n_embd": 32, "n_head": 2, **defaults, **overrides})
+    model = HfGptForCausalLM(config).eval()
+    prompt = torch.tensor([[1, 2, 3]])
+    assert model(prompt).logits.shape == (1, 3, config.vocab_size)
+    with pytest.raises(ValueError, match=rf"generate\(\) cannot use .*{named}.*: outside the vocabulary"):
+        model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=2)
+    model.resize_token_embeddings(20)  # a shrunk vocabulary: the config follows
+    assert model.config.vocab_size == 20
