@@ -329,7 +329,8 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
     batch, length = check_shapes(config, input_ids, inputs_embeds)
     limit = config.max_position_embeddings
     known_past = isinstance(past_length, int)  # a static cache keeps its length on the device
-    if known_past and past_length + length > limit:
+    # Given position ids (packed, padding-free rows restart them per sequence) are checked for range below instead.
+    if known_past and past_length + length > limit and position_ids is None:
         raise ValueError(
             f"sequence length {past_length + length} (cached {past_length} + new {length}) exceeds "
             f"max_position_embeddings={limit}"

@@ -608,3 +608,23 @@ def test_every_head_names_the_inputs_transformers_looks_up_by_name(head):
             torch.testing.assert_close(getattr(by_embeds, name), getattr(by_ids, name))
     if head is HfGptForSequenceClassification:  # it returns a cache, as GPT-2's does
         assert {"cache", "past_key_values", "use_cache"} <= names
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa", "flex_attention"])
+def test_packed_padding_free_rows_give_each_sequence_its_own_logits(preset, implementation):
+    """DataCollatorWithFlattening / TRL padding_free: one row, position ids restarting per sequence, no mask. The
+    row may be longer than the context as long as every position id is in range."""
+    config = tiny_config(preset)
+    model = seeded(HfGptForCausalLM, config, attn_implementation=implementation)
+    limit = config.max_position_embeddings
+    generator = torch.Generator().manual_seed(0)
+    sequences = [torch.randint(0, config.vocab_size, (1, n), generator=generator) for n in (limit - 3, limit // 2, 7)]
+    ids = torch.cat(sequences, 1)
+    assert ids.shape[1] > limit
+    positions = torch.cat([torch.arange(s.shape[1]) for s in sequences]).unsqueeze(0)
+    with torch.no_grad():  # flex attention has no backward on CPU
+        packed = model(ids, position_ids=positions, use_cache=False).logits
+        alone = torch.cat([model(s, use_cache=False).logits for s in sequences], 1)
+    torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=rf"position_ids contains {ids.shape[1] - 1}, outside \[0, {limit}\)"):
+        model(ids, position_ids=torch.arange(ids.shape[1]).unsqueeze(0), use_cache=False)

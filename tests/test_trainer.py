@@ -70,3 +70,30 @@ def test_heads_with_mean_losses_ask_trainer_to_scale_them():
     ):
         assert model_class.accepts_loss_kwargs is False
     assert not hasattr(HfGptForCausalLM, "accepts_loss_kwargs")  # it passes num_items_in_batch to its loss
+
+
+def training_losses(collator, tmp_path, name: str) -> list[float]:
+    """Per-step training losses of three Trainer steps on sequences of different lengths, in a fixed order."""
+    model = seeded(HfGptForCausalLM, tiny_config()).train()
+    lengths = [5, 40, 17, 100, 3, 64, 9, 30, 128, 12, 77, 21]
+    data = [{"input_ids": torch.randint(2, 1024, (n,), generator=torch.Generator().manual_seed(n)).tolist()}
+            for n in lengths]  # fmt: skip
+    args = TrainingArguments(
+        output_dir=str(tmp_path / name), per_device_train_batch_size=4, max_steps=3, learning_rate=1e-3,
+        lr_scheduler_type="constant", logging_steps=1, report_to=[], use_cpu=True, save_strategy="no",
+        disable_tqdm=True, remove_unused_columns=False,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
+    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_padding_free_training_with_data_collator_with_flattening_matches_the_padded_run(tmp_path, tokenizer):
+    """Packed rows longer than the context (4 sequences up to 128 tokens each), each sequence seeing only itself."""
+    from transformers import DataCollatorForLanguageModeling, DataCollatorWithFlattening
+
+    padded = training_losses(DataCollatorForLanguageModeling(tokenizer, mlm=False), tmp_path, "padded")
+    packed = training_losses(DataCollatorWithFlattening(), tmp_path, "packed")
+    assert len(padded) == len(packed) == 3
+    assert packed == pytest.approx(padded, rel=1e-4)
