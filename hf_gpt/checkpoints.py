@@ -27,11 +27,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
-from .files import read_json_object, write_text_atomic
+from .files import PICKLE_SUFFIXES, read_json_object, write_text_atomic
 
 PATTERN = re.compile(r"step-(\d+)")
 STATE_FILE = "training_state.json"
-PICKLED = {".bin", ".pkl", ".pt", ".pth"}  # what torch.save writes (optimizer, RNG states, GradScaler)
 NEARLY_FULL = 1 << 20  # bytes left on a disk after a failed write that mean it was full
 RECOURSE = "remove {checkpoint} to resume from the checkpoint before it, or start a new run"
 
@@ -129,7 +128,7 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict[str, Any
         )
     state = read_json_object(state_file, "training state")
     for file in sorted(checkpoint.iterdir()):
-        if file.suffix in PICKLED:
+        if file.suffix.lower() in PICKLE_SUFFIXES:  # optimizer, RNG states, GradScaler, ...
             check_plain_data(file)
     accelerator.load_state(str(checkpoint))
     return state

@@ -25,6 +25,8 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 RECORD = ".hf_gpt-output.json"
+# Endings of the files torch.save / pickle write: loading one unpickles it, which can run code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # What an atomic write stages in or retires to, next to its target: `.NAME.tmp-PID-xxxx`, `.NAME.old-PID-xxxx`.
 STAGING = re.compile(r"\.(?P<name>.+)\.(tmp|old)-(?P<pid>\d+)-[^/]+")
 

@@ -22,6 +22,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 from .cards import render_card
 from .configuration_hf_gpt import HfGptConfig
 from .estimate import parameter_counts
+from .files import PICKLE_SUFFIXES
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 # What a model repo needs (top-level names); the code files come from config.json's auto_map. Not finetune_args.json:
@@ -32,8 +33,6 @@ MODEL_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "merges.txt", "chat_template.jinja", "chat_template.json",
 )  # fmt: skip
-# Never pushed, whatever `include` says: unpickling runs code, so only safetensors go up.
-PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt")
 LEFT_OUT = "left out (not part of a model repo; --include PATTERN adds files, but never hidden or pickled ones)"
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
@@ -63,7 +62,7 @@ def visible_files(folder: Path) -> list[str]:
 
 def wanted(name: str, code: set[str], include: Sequence[str]) -> bool:
     """Whether a file (relative path) goes up: a model file or code at the top level, or one `include` matches."""
-    if any(fnmatchcase(name.lower(), pattern) for pattern in PICKLES):
+    if name.lower().endswith(PICKLE_SUFFIXES):  # never, whatever `include` says: only safetensors go up
         return False
     model_file = "/" not in name and (name in code or any(fnmatchcase(name, pattern) for pattern in MODEL_FILES))
     return model_file or any(fnmatchcase(name, pattern) for pattern in include)
