@@ -479,7 +479,7 @@ def pretrain_from(args: argparse.Namespace, common: dict) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Every expected failure is one line on stderr: exit 2 for bad input, 1 for the environment (a full disk,
     no memory) or a run that diverged, 130 for Ctrl-C. What a command staged is removed before it returns."""
-    command = "hf-gpt"
+    command, args = "hf-gpt", None
     try:
         args = build_parser().parse_args(argv)
         command = f"hf-gpt {args.command}"
@@ -490,8 +490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("hf-gpt: error: out of memory", file=sys.stderr)
         return 1
     except (ValueError, OSError) as e:  # OSError: missing or unreadable files and models, full disks
-        print(f"{command}: error: {e}", file=sys.stderr)
-        return 1 if environment_failure(e) else 2
+        environment = environment_failure(e)
+        output = getattr(args, "output", None) if environment and getattr(e, "filename", None) is None else None
+        kept = f" (writing {output})" if output else ""
+        print(f"{command}: error: {e}{kept}", file=sys.stderr)
+        return 1 if environment else 2
     except RuntimeError as e:  # e.g. training diverged: the message says where the last good state is
         print(f"{command}: {e}", file=sys.stderr)
         return 1

@@ -419,7 +419,7 @@ def test_a_full_disk_is_an_environment_failure(tmp_path, capsys, corpus, monkeyp
 
     monkeypatch.setattr(hf_gpt.tokenizer.PreTrainedTokenizerFast, "save_pretrained", full)
     code, err = run_cli(capsys, "train-tokenizer", corpus, "--vocab-size", "300", "--output", tmp_path / "tok")
-    assert code == 1 and "No space left on device" in one_line(err)
+    assert code == 1 and f"No space left on device (writing {tmp_path / 'tok'})" in one_line(err)
     assert list(tmp_path.iterdir()) == [corpus]  # the staging folder went with the failure
 
 
