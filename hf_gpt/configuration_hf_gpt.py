@@ -1,3 +1,4 @@
+# Copyright 2026 The hf_gpt authors. Licensed under the Apache License, Version 2.0.
 """HfGptConfig: one config for GPT-1, GPT-2 and GPT-3 shaped decoders, plus the named presets.
 
 Part of the remote-code core: imports only torch/transformers so a saved folder loads with
@@ -175,7 +176,7 @@ class HfGptConfig(PretrainedConfig):
         if self.id2label is not None and self.label2id is None:  # pipelines look labels up by name
             self.label2id = {label: index for index, label in self.id2label.items()}
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
-        self.check()
+        self.check(building_model=False)
 
     @property
     def layer_types(self) -> list[str] | None:
@@ -194,8 +195,13 @@ class HfGptConfig(PretrainedConfig):
         if value is not None:
             self.local_window = value
 
-    def check(self) -> None:
-        """Raise a ValueError naming the first bad value and what would be allowed."""
+    def check(self, building_model: bool = True) -> None:
+        """Raise a ValueError naming the first bad value and what would be allowed.
+
+        A config alone (`building_model=False`) is held to what transformers' configs hold theirs to: each value
+        in range. Whether the heads divide the width is checked where a model is built, as transformers does
+        (`GPT2Config(n_embd=37)` builds; its model does not).
+        """
         for name in (
             "vocab_size",
             "max_position_embeddings",
@@ -208,7 +214,7 @@ class HfGptConfig(PretrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
+        if building_model and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})"

@@ -1,11 +1,10 @@
+# Copyright 2026 The hf_gpt authors. Licensed under the Apache License, Version 2.0.
 """The HfGpt models: one GPT decoder body (`HfGptModel`) and small task heads on top of it.
 
 Part of the remote-code core: imports only torch, transformers and its sibling config module, so
 `save_pretrained` can copy both files next to the weights for `trust_remote_code=True` loading.
 Names follow GPT-2/nanoGPT (wte, wpe, h, ln_f, c_attn, c_proj, c_fc) so checkpoints map one to one.
 """
-
-from __future__ import annotations
 
 import copy
 import math
@@ -33,7 +32,8 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_hf_gpt import MAX_LISTED_LAYERS, HfGptConfig, special_ids_outside_vocabulary
@@ -174,6 +174,25 @@ class HfGptPreTrainedModel(PreTrainedModel):
         if getattr(module, "is_residual_projection", False):
             std = self.config.initializer_range / math.sqrt(2 * self.config.num_hidden_layers)
             init.normal_(module.weight, mean=0.0, std=std)
+
+    def get_position_embeddings(self) -> nn.Embedding:
+        """The learned position table, under transformers' name for it."""
+        return self.base_model.wpe
+
+    def resize_position_embeddings(self, new_num_position_embeddings: int) -> None:
+        """Lengthen or shorten the context: the rows kept keep their learned values, added rows start as freshly
+        initialized ones (N(0, initializer_range)), and `max_position_embeddings` follows."""
+        size = new_num_position_embeddings
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"new_num_position_embeddings must be a positive integer (>= 1), got {size!r}")
+        old = self.base_model.wpe
+        new = nn.Embedding(size, old.embedding_dim, device=old.weight.device, dtype=old.weight.dtype)
+        self._init_weights(new)
+        kept = min(size, old.num_embeddings)
+        with torch.no_grad():
+            new.weight[:kept] = old.weight[:kept]
+        self.base_model.wpe = new
+        self.config.max_position_embeddings = size
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
@@ -420,7 +439,7 @@ class HfGptModel(HfGptPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         cache = _pick_cache(cache, past_key_values)
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -538,7 +557,7 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
         shift_labels: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
         r"""labels: next-token targets, shifted inside (pass `labels=input_ids`); -100 is ignored.
         shift_labels: targets already aligned with the inputs (the next tokens, as `hf_gpt.data.TokenBlocks`
@@ -588,7 +607,7 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutputWithPast:
         r"""kwargs: the body's other inputs (output_*). Every input transformers may look for by name (Trainer's
         `remove_unused_columns` reads this signature) is named here."""
@@ -629,7 +648,7 @@ class HfGptForTokenClassification(HfGptPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> TokenClassifierOutput:
         r"""kwargs: the body's other inputs (output_*)."""
         outputs = self.transformer(
@@ -664,7 +683,7 @@ class HfGptForQuestionAnswering(HfGptPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         start_positions: torch.LongTensor | None = None,
         end_positions: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> QuestionAnsweringModelOutput:
         r"""kwargs: the body's other inputs (output_*)."""
         outputs = self.transformer(
@@ -727,7 +746,7 @@ class HfGptDoubleHeadsModel(HfGptPreTrainedModel):
         mc_token_ids: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         mc_labels: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HfGptDoubleHeadsModelOutput:
         r"""mc_token_ids (batch, num_choices): where to read each choice (default: its last real token).
         labels (batch, num_choices, length): LM targets, shifted inside. mc_labels (batch,): the right choice."""

@@ -219,12 +219,15 @@ def config_values(model: str) -> dict[str, Any]:
 def load_config(model: str, overrides: dict[str, Any] | None = None) -> HfGptConfig:
     """A preset name, or a config.json (or a folder holding one), with overrides on top.
 
-    (`build_config` builds on this and fits the vocabulary and token ids to a tokenizer.)
+    (`build_config` builds on this and fits the vocabulary and token ids to a tokenizer.) Checked as for building
+    a model, since that is what every caller does with it.
     """
     try:
-        return HfGptConfig.from_values(config_values(model), **(overrides or {}))
+        config = HfGptConfig.from_values(config_values(model), **(overrides or {}))
     except TypeError as e:  # e.g. a string where a number belongs
         raise ValueError(f"model config {model}: {e}") from None
+    config.check()
+    return config
 
 
 def build_config(model: str, overrides: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> HfGptConfig:
@@ -246,7 +249,6 @@ def build_config(model: str, overrides: dict[str, Any], tokenizer: PreTrainedTok
             f"set vocab_size >= {len(tokenizer)}"
         )
     config = load_config(model, {**overrides, **fitted})
-    config.check()
     changes = [f"{name} {given.get(name)} -> {value}" for name, value in fitted.items() if given.get(name) != value]
     if changes and PartialState().is_main_process:
         print(f"model config {model}: fitted to the tokenizer: {', '.join(changes)}")

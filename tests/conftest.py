@@ -161,3 +161,10 @@ def trained_tokenizer(trained_tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(trained_tokenizer_dir)
+
+
+def pytest_configure(config):
+    # Marks that transformers' own tests (test_transformers_conformance.py) put on theirs.
+    for mark in ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "is_training_test",
+                 "torch_compile_test"):  # fmt: skip
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' own tests")

@@ -53,7 +53,6 @@ def test_config_round_trips_through_save_and_auto_config(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (dict(hidden_size=65), "hidden_size (65) must be divisible by num_attention_heads (4)"),
         (dict(vocab_size=0), "vocab_size must be a positive integer (>= 1), got 0"),
         (dict(num_attention_heads=-2), "num_attention_heads must be a positive integer (>= 1), got -2"),
         (dict(max_position_embeddings=0), "max_position_embeddings must be a positive integer"),
@@ -69,6 +68,14 @@ def test_bad_config_values_raise_a_value_error_that_names_them(overrides, messag
     with pytest.raises(ValueError) as error:
         HfGptConfig.from_preset("gpt2-tiny", **overrides)
     assert message in str(error.value)
+
+
+def test_heads_that_do_not_divide_the_width_are_refused_when_a_model_is_built():
+    config = HfGptConfig.from_preset("gpt2-tiny", hidden_size=65)  # builds, as GPT2Config(n_embd=65) does
+    with pytest.raises(ValueError, match=r"hidden_size \(65\) must be divisible by num_attention_heads \(4\)"):
+        HfGptForCausalLM(config)
+    with pytest.raises(ValueError, match=r"hidden_size \(65\) must be divisible by num_attention_heads \(4\)"):
+        config.check()
 
 
 def test_unknown_preset_lists_the_known_ones():

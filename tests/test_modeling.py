@@ -628,3 +628,20 @@ def test_packed_padding_free_rows_give_each_sequence_its_own_logits(preset, impl
     torch.testing.assert_close(packed, alone, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=rf"position_ids contains {ids.shape[1] - 1}, outside \[0, {limit}\)"):
         model(ids, position_ids=torch.arange(ids.shape[1]).unsqueeze(0), use_cache=False)
+
+
+def test_resize_position_embeddings_lengthens_the_context_keeping_learned_positions():
+    model = seeded(HfGptForCausalLM, tiny_config(max_position_embeddings=16))
+    learned = model.get_position_embeddings().weight.detach().clone()
+    prompt = torch.randint(0, model.config.vocab_size, (2, 16))
+    before = model(prompt).logits
+    model.resize_position_embeddings(24)
+    assert model.config.max_position_embeddings == 24 and model.get_position_embeddings().num_embeddings == 24
+    torch.testing.assert_close(model.get_position_embeddings().weight[:16], learned, rtol=0, atol=0)
+    torch.testing.assert_close(model(prompt).logits, before)  # the first 16 positions mean what they did
+    longer = torch.randint(0, model.config.vocab_size, (2, 24))
+    assert model(longer).logits.shape == (2, 24, model.config.vocab_size)  # refused before the resize
+    model.resize_position_embeddings(8)
+    torch.testing.assert_close(model.get_position_embeddings().weight, learned[:8], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="new_num_position_embeddings must be a positive integer"):
+        model.resize_position_embeddings(0)
