@@ -12,11 +12,11 @@ graph serves every step.
 Why an explicit step rather than `model(..., cache=StaticCache(...), logits_to_keep=1)`: that forward
 compiles whole too (tests/test_modeling.py), but its cache is a transformers object, allocated lazily on
 its first update and passed under an argument name that changed between the versions we support (5.17,
-5.24), and each step would rebuild its masks through transformers' mask builders. The step here runs the
-model's own blocks (no weights copied, no block code repeated) with a small cache object that writes into
-this module's buffers, and owns its mask (causal, left padding, GPT-3's local band); the tests check it
-gives generate()'s tokens. The loop is ours as well: generate()'s per-step Python (logits processors,
-stopping criteria) is what a CUDA graph cannot remove.
+5.24), and each step would rebuild its masks through transformers' mask builders. The step here calls the
+model itself (no weights copied, no body code repeated) with a small cache object that writes into this
+module's buffers, and with its own prepared masks (causal, left padding, GPT-3's local band), which the body
+takes as they are; the tests check it gives generate()'s tokens. The loop is ours as well: generate()'s
+per-step Python (logits processors, stopping criteria) is what a CUDA graph cannot remove.
 
     decoder = StaticDecoder(model, batch_size=1, max_length=288, compile=True)
     tokens = decoder.generate(input_ids, max_new_tokens=256)     # == model.generate(..., do_sample=False)
@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .modeling_hf_gpt import HfGptForCausalLM, check_mask_values, first_out_of_range
+from .modeling_hf_gpt import HfGptForCausalLM, check_mask_values
 
 # Early stopping reads "have all rows finished?" back from the device; doing it every step would stall
 # the launch queue that CUDA graphs keep full, so it is read only once every this many steps.
@@ -35,24 +35,33 @@ STOP_CHECK_EVERY = 16
 
 
 class ColumnCache:
-    """The one thing HfGptAttention asks of a cache, `update`, over the decoder's buffers: this step's keys
-    and values go to `columns`, and attention reads the whole fixed-length cache back."""
+    """What the model asks of a cache, over the decoder's buffers: `update` (this step's keys and values go to
+    `columns`, and attention reads the whole fixed-length cache back), `get_seq_length` (the tokens before this
+    step: an int at the prefill, so the model checks the prompt as it enters, and a device tensor while decoding,
+    so nothing is read back) and each layer's `get_max_length`."""
 
-    def __init__(self, layers: nn.ModuleList, columns: torch.Tensor):
-        self.layers, self.columns = layers, columns
+    def __init__(self, layers: nn.ModuleList, columns: torch.Tensor, past_length: int | torch.Tensor):
+        self.layers, self.columns, self.past_length = layers, columns, past_length
 
-    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int):
+    def get_seq_length(self, layer_idx: int = 0) -> int | torch.Tensor:
+        return self.past_length
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args):
         return self.layers[layer_idx].write(self.columns, keys, values)
 
 
 class LayerCache(nn.Module):
     """One layer's keys and values, as buffers so a compiled step writes them in place at static addresses."""
 
-    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device):
+    def __init__(self, shape: tuple[int, int, int, int], max_length: int, dtype: torch.dtype, device: torch.device):
         super().__init__()
+        self.max_length = max_length  # the tokens it may hold (its buffers may be longer, never visible)
         # Zeros, not empty: masked slots still meet the values in SDPA (0 * NaN would be NaN).
         self.register_buffer("keys", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("values", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def get_max_length(self) -> int:
+        return self.max_length
 
     def write(self, columns: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
         """Store (batch, heads, len(columns), head_dim) keys and values at `columns`; return the whole cache."""
@@ -106,14 +115,19 @@ class StaticDecoder(nn.Module):
             )
         self.model = model
         self.batch_size, self.max_length = batch_size, max_length
-        self.windows = [config.local_window if kind == "local" else None for kind in config.attention_layers]
+        # The band of each kind of layer present, keyed as the model's prepared masks are (transformers' layer_types).
+        self.windows = {
+            kind: config.local_window if kind == "sliding_attention" else None for kind in config.layer_types
+        }
         weight = model.lm_head.weight
         # SDPA's memory-efficient kernel wants the mask's last dimension a multiple of 16 (else it pads a
         # copy every call); the extra slots are never visible.
         self.cache_length = -(-max_length // 16) * 16
         heads = config.num_attention_heads
         shape = (batch_size, heads, self.cache_length, config.hidden_size // heads)
-        self.caches = nn.ModuleList(LayerCache(shape, weight.dtype, weight.device) for _ in self.windows)
+        self.caches = nn.ModuleList(
+            LayerCache(shape, max_length, weight.dtype, weight.device) for _ in range(config.num_hidden_layers)
+        )
         # Per row, the first column that holds a real token (left padding fills the columns before it).
         self.register_buffer(
             "starts", torch.zeros(batch_size, dtype=torch.long, device=weight.device), persistent=False
@@ -129,22 +143,24 @@ class StaticDecoder(nn.Module):
     def device(self) -> torch.device:
         return self.starts.device
 
-    def step(self, tokens: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    def step(self, tokens: torch.Tensor, columns: torch.Tensor, past_length: int | None = None) -> torch.Tensor:
         """Run (batch, len(columns)) tokens at cache `columns`, filling their slots; the last token's logits.
 
-        The model's own blocks do the work, with a cache that writes into this module's buffers and a mask
-        over the whole cache. The prefill passes the prompt's columns, a decoding step one column: a device
-        tensor, so its value changes without changing the compiled graph.
+        The model does the work, with a cache that writes into this module's buffers and, per kind of layer, a
+        mask over the whole cache. The prefill passes the prompt's columns (and `past_length=0`, so the model
+        checks the prompt), a decoding step one column: a device tensor, so its value changes without changing
+        the compiled graph.
         """
-        transformer = self.model.transformer
         positions = (columns[None, :] - self.starts[:, None]).clamp(min=0)  # padding skipped, as generate() does
-        hidden = transformer.wte(tokens) + transformer.wpe(positions)
-        dtype = hidden.dtype
-        masks = {w: visible_slots(columns, self.starts, self.cache_length, w, dtype) for w in set(self.windows)}
-        cache = ColumnCache(self.caches, columns)
-        for block, window in zip(transformer.h, self.windows, strict=True):
-            hidden, _ = block(hidden, masks[window], cache=cache)
-        return self.model.lm_head(transformer.ln_f(hidden[:, -1]))
+        dtype = self.model.lm_head.weight.dtype
+        masks = {kind: visible_slots(columns, self.starts, self.cache_length, window, dtype)
+                 for kind, window in self.windows.items()}  # fmt: skip
+        cache = ColumnCache(self.caches, columns, columns[0] if past_length is None else past_length)
+        output = self.model(
+            input_ids=tokens, attention_mask=masks, position_ids=positions, cache=cache, use_cache=False,
+            logits_to_keep=1,
+        )  # fmt: skip
+        return output.logits[:, -1]
 
     @torch.no_grad()
     def generate(
@@ -179,7 +195,7 @@ class StaticDecoder(nn.Module):
         output[:, :length] = input_ids
         self.starts.copy_(self.padding_starts(attention_mask, length))
         finished = torch.zeros(self.batch_size, 1, dtype=torch.bool, device=self.device)
-        logits = self.step(input_ids, torch.arange(length, device=self.device))  # prefill: eager, once
+        logits = self.step(input_ids, torch.arange(length, device=self.device), past_length=0)  # prefill: eager, once
         column = torch.tensor([length], device=self.device)
         for index in range(max_new_tokens):
             if eos is not None and index < min_new_tokens:
@@ -230,9 +246,6 @@ class StaticDecoder(nn.Module):
                 f"prompt length {length} + max_new_tokens {max_new_tokens} = {length + max_new_tokens} exceeds "
                 f"max_length={self.max_length} (the decoder's cache size)"
             )
-        vocab_size = self.model.config.vocab_size
-        if (bad := first_out_of_range(input_ids, vocab_size)) is not None:
-            raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {vocab_size})")
         if attention_mask is not None:
             if tuple(attention_mask.shape) != (batch, length):
                 raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(batch, length)}")
