@@ -267,6 +267,7 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
         )  # fmt: skip
         and isinstance(manifest.get("tokenizer"), dict)
         and isinstance(manifest["tokenizer"].get("fingerprint"), str)
+        and isinstance(manifest["tokenizer"].get("vocab_size"), int)
         and manifest.get("dtype") in ("uint16", "uint32")
     )
     if not well_formed:
@@ -293,6 +294,9 @@ class TokenBlocks(torch.utils.data.Dataset):
     shifted, so the loss also scores the block's last position. Shuffle with the DataLoader (or
     Accelerate's) for random sampling, or read in order for sequential evaluation. The memory map is
     opened lazily in each process, so the dataset pickles cheaply into DataLoader workers.
+
+    Each block's token ids are checked against the tokenizer's vocabulary here, on the CPU, so a model can
+    take the batches under `values_checked()` without reading anything back from its device.
     """
 
     def __init__(
@@ -320,6 +324,7 @@ class TokenBlocks(torch.utils.data.Dataset):
                 f"{block_size} plus its next token; lower block_size or add data"
             )
         self.block_size = block_size
+        self.vocab_size = manifest["tokenizer"]["vocab_size"]
         self._tokens: np.memmap | None = None
 
     def __len__(self) -> int:
@@ -335,7 +340,13 @@ class TokenBlocks(torch.utils.data.Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"block {index} out of range for {len(self)} blocks")
         start = (index % len(self)) * self.block_size
-        window = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
+        window = self.tokens[start : start + self.block_size + 1]
+        if window.max() >= self.vocab_size:  # a damaged or altered token file
+            raise ValueError(
+                f"{self.path} holds token id {int(window.max())} in block {index}, outside its tokenizer's "
+                f"vocabulary [0, {self.vocab_size}); prepare the data again"
+            )
+        window = torch.from_numpy(window.astype(np.int64))
         # labels is a copy: a collator that masks labels in place must not touch input_ids
         return {"input_ids": window[:-1], "labels": window[:-1].clone(), "shift_labels": window[1:]}
 

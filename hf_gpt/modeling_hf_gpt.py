@@ -9,6 +9,7 @@ Names follow GPT-2/nanoGPT (wte, wpe, h, ln_f, c_attn, c_proj, c_fc) so checkpoi
 import copy
 import math
 import os
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,6 +260,23 @@ def check_fits_in_memory(config: HfGptConfig) -> None:
         )
 
 
+# Set while a caller runs batches whose values it has already checked off the device (hf_gpt's training loop:
+# TokenBlocks checks each block's token ids on the CPU), so the model reads nothing back from the device for them.
+VALUES_CHECKED: ContextVar[bool] = ContextVar("hf_gpt_values_checked", default=False)
+
+
+@contextmanager
+def values_checked():
+    """Within this block, forwards skip the input value checks that read back from the device (token ids,
+    position ids, padding-mask values): for callers that checked them before the batch reached the device.
+    Shape checks, which cost nothing, still run."""
+    token = VALUES_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        VALUES_CHECKED.reset(token)
+
+
 def first_out_of_range(values: torch.Tensor, limit: int) -> int | None:
     """The smallest negative or largest >= limit value, else None (one device read, for min and max)."""
     low, high = (value.item() for value in torch.aminmax(values))
@@ -341,9 +359,9 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
     """Reject bad inputs with a ValueError before they reach an embedding lookup (a CUDA device assert).
 
     Shape checks are free. Value checks (token ids, explicit position ids, padding mask values) read back from
-    the device, so they run only where inputs enter: without a cache (training batches), into an empty dynamic
+    the device, so they run only where inputs enter: without a cache (a user's batch), into an empty dynamic
     cache, or as a multi-token prefill of a static cache. Decoding steps, assisted-decoding candidates included,
-    and torch.compile'd regions skip them.
+    torch.compile'd regions and batches checked before they reached the device (`values_checked()`) skip them.
     """
     batch, length = check_shapes(config, input_ids, inputs_embeds)
     limit = config.max_position_embeddings
@@ -361,7 +379,7 @@ def check_inputs(config, input_ids, inputs_embeds, attention_mask, position_ids,
     total = past_length + length if known_past else None
     check_mask_shape(attention_mask, batch, length, total, config.num_attention_heads)
     entering = cache is None or (past_length == 0 if known_past else length > 1)
-    if not entering or torch.compiler.is_compiling():
+    if not entering or torch.compiler.is_compiling() or VALUES_CHECKED.get():
         return
     if input_ids is not None and (bad := first_out_of_range(input_ids, config.vocab_size)) is not None:
         raise ValueError(f"input_ids contains token id {bad}, outside the vocabulary [0, {config.vocab_size})")
@@ -463,6 +481,9 @@ class HfGptModel(HfGptPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
         length = inputs_embeds.shape[1]
+        # Only given position ids can pack several sequences into a row; transformers' mask builders look for
+        # that with a read back from the device, which positions made here need not pay (every training step).
+        packing_positions = position_ids
         if position_ids is None:
             if is_padding_mask(attention_mask):
                 position_ids = positions_from_mask(attention_mask, length)
@@ -470,7 +491,7 @@ class HfGptModel(HfGptPreTrainedModel):
                 position_ids = (torch.arange(length, device=inputs_embeds.device) + past_length).unsqueeze(0)
 
         hidden_states = self.drop(inputs_embeds + self.wpe(position_ids))
-        masks = self._attention_masks(inputs_embeds, attention_mask, cache, position_ids, eager=output_attentions)
+        masks = self._attention_masks(inputs_embeds, attention_mask, cache, packing_positions, output_attentions)
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for block, layer_type in zip(self.h, self.config.layer_types, strict=True):

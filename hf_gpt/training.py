@@ -41,7 +41,7 @@ from .estimate import count_parameters, flops_per_token
 from .files import atomic_directory
 from .interrupts import StopRequest
 from .metrics import MetricsLog, measured_peak_flops, tracker_names
-from .modeling_hf_gpt import HfGptForCausalLM
+from .modeling_hf_gpt import HfGptForCausalLM, values_checked
 from .optimization import make_optimizer, make_scheduler
 from .training_setup import (
     PretrainArguments,
@@ -182,7 +182,8 @@ class Trainer:
         self.model.eval()
         losses = []
         for batch in loader:
-            logits = self.model(input_ids=batch["input_ids"]).logits
+            with values_checked():  # checked by TokenBlocks, as in training
+                logits = self.model(input_ids=batch["input_ids"]).logits
             per_token = torch.nn.functional.cross_entropy(
                 logits.float().flatten(0, 1), batch["shift_labels"].flatten(), reduction="none"
             )
@@ -207,17 +208,21 @@ class Trainer:
         for _ in range(accumulation):
             batch = next(batches)
             with accelerator.accumulate(self.model):
-                loss = self.model(input_ids=batch["input_ids"], shift_labels=batch["shift_labels"]).loss
+                with values_checked():  # TokenBlocks checked the token ids on the CPU: no device read here
+                    loss = self.model(input_ids=batch["input_ids"], shift_labels=batch["shift_labels"]).loss
                 accelerator.backward(loss)
                 total += loss.detach() / accumulation
                 if accelerator.sync_gradients:
                     stopping = torch.tensor(float(stop.requested), device=total.device)
-                    mean_loss, stopping = accelerator.reduce(torch.stack([total, stopping]), "mean").tolist()
-                    # Checked before the update, so a NaN never reaches the weights or a checkpoint.
+                    mean_loss, stopping = accelerator.reduce(torch.stack([total, stopping]), "mean")
+                    norm = accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+                    # The step's one read from the device, before the update, so a NaN never reaches the weights
+                    # or a checkpoint (clipping only scaled the gradients).
+                    values = [mean_loss, stopping] if norm is None else [mean_loss, stopping, norm.float()]
+                    mean_loss, stopping, *grad_norm = torch.stack(values).tolist()
+                    grad_norm = grad_norm[0] if grad_norm else None
                     if not math.isfinite(mean_loss):
                         raise TrainingDiverged(f"the loss is {mean_loss} at step {self.progress.step + 1}")
-                    norm = accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
-                    grad_norm = None if norm is None else float(norm)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()

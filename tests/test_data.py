@@ -129,6 +129,18 @@ def test_token_blocks_are_shifted_windows_of_the_file(jsonl_corpus, trained_toke
     assert len(val) > 0
 
 
+def test_token_blocks_refuse_an_altered_token_file_naming_the_block(jsonl_corpus, trained_tokenizer, tmp_path):
+    """Blocks are checked on the CPU, so the training loop's model need not read its batches back from the device."""
+    prepare_data([jsonl_corpus], trained_tokenizer, tmp_path / "data", val_fraction=0.0, workers=1)
+    blocks = TokenBlocks(tmp_path / "data", "train", block_size=16)
+    tokens = np.memmap(blocks.path, dtype=blocks.dtype, mode="r+")
+    tokens[16 * 3 + 5] = len(trained_tokenizer)  # one id past the vocabulary, in block 3
+    tokens.flush()
+    blocks[2]  # the blocks around it still read
+    with pytest.raises(ValueError, match=rf"holds token id {len(trained_tokenizer)} in block 3, outside its tokenizer"):
+        blocks[3]
+
+
 def test_token_blocks_in_dataloaders_and_accelerate_shards(jsonl_corpus, trained_tokenizer, tmp_path):
     from accelerate.data_loader import prepare_data_loader
 
