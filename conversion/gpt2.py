@@ -62,7 +62,6 @@ def import_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer
     check_same_logits(difference, source)
     return write_converted(
         ours, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or folder,
-        generation_config=reference.generation_config,
         summary=f"{source} (transformers GPT-2) converted to hf_gpt with identical outputs.",
     )  # fmt: skip
 
@@ -101,10 +100,9 @@ def export_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer
     difference = largest_difference(lambda x: gpt2(x).logits, lambda x: ours(x).logits,
                                     gpt2.config.vocab_size, gpt2.config.n_positions)  # fmt: skip
     check_same_logits(difference, source)
-    generation = ours.generation_config if (folder / "generation_config.json").is_file() else None
     return write_converted(
         gpt2, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or folder,
-        generation_config=generation, card_config=ours.config,
+        card_config=ours.config,
         summary=f"{source} (hf_gpt) exported as a plain GPT-2 (GPT2LMHeadModel): no custom code needed.",
     )  # fmt: skip
 

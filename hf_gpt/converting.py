@@ -11,12 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .cards import render_card, write_card
+from .cards import render_card
 from .configuration_hf_gpt import HfGptConfig
 from .estimate import count_parameters
-from .files import atomic_directory, check_output_dir, looks_local, pickle_refusal, weights_as_value_errors
+from .files import check_output_dir, looks_local, pickle_refusal, weights_as_value_errors
+from .model_folder import write_model_folder
 
 KIND = "convert"  # every converter's output: one converter may replace another's earlier output
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
@@ -119,12 +120,11 @@ def check_same_logits(difference: float, source: str, tolerance: float = 1e-4) -
         raise ValueError(f"the converted model's logits differ from {source}'s by {difference:.2e} (> {tolerance})")
 
 
-def copy_tokenizer(source: str | os.PathLike, target: Path) -> bool:
-    """Carry the source folder's tokenizer over, when it has one."""
-    if not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
-        return False
-    AutoTokenizer.from_pretrained(str(source)).save_pretrained(target)
-    return True
+def source_tokenizer(source: str | os.PathLike | None) -> PreTrainedTokenizerBase | None:
+    """The source folder's tokenizer, when it has one."""
+    if source is None or not any((Path(source) / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    return AutoTokenizer.from_pretrained(str(source))
 
 
 def write_converted(
@@ -135,27 +135,23 @@ def write_converted(
     summary: str,
     tokenizer_from: str | os.PathLike | None,
     overwrite: bool = False,
-    generation_config: GenerationConfig | None = None,
     card_config: HfGptConfig | None = None,
 ) -> Path:
-    """save_pretrained, the tokenizer and a card naming the source as base_model, all or nothing."""
+    """The converted model's folder (see `write_model_folder`), with a card naming the source as base_model."""
+    tokenizer = source_tokenizer(tokenizer_from)
+    card = render_card(
+        card_config or model.config,
+        count_parameters(model),
+        model_name=Path(output_dir).name,
+        summary=summary + ("" if tokenizer is not None else " No tokenizer came with the source: add one."),
+        base_model=source,
+        model_path=str(output_dir),
+        custom_code=isinstance(model.config, HfGptConfig),
+    )
     inputs = [p for p in (source, tokenizer_from) if p is not None]
-    with atomic_directory(output_dir, overwrite, kind=KIND, inputs=inputs) as staging:
-        if generation_config is not None:
-            model.generation_config = generation_config
-        model.save_pretrained(staging, safe_serialization=True)
-        has_tokenizer = tokenizer_from is not None and copy_tokenizer(tokenizer_from, staging)
-        custom_code = isinstance(model.config, HfGptConfig)
-        card = render_card(
-            card_config or model.config,
-            count_parameters(model),
-            model_name=Path(output_dir).name,
-            summary=summary + ("" if has_tokenizer else " No tokenizer came with the source: add one."),
-            base_model=source,
-            model_path=str(output_dir),
-            custom_code=custom_code,
-        )
-        write_card(card, staging)
+    write_model_folder(
+        model, output_dir, kind=KIND, card=card, tokenizer=tokenizer, overwrite=overwrite, inputs=inputs
+    )  # fmt: skip
     print(f"converted {source} -> {output_dir}")
     return Path(output_dir)
 

@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from .cards import render_card, write_card
+from .cards import render_card
 from .estimate import count_parameters
-from .files import atomic_directory, check_output_dir, weights_as_value_errors
+from .files import check_output_dir, weights_as_value_errors
+from .model_folder import write_model_folder
 from .modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification
 from .optimization import make_optimizer
 from .ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, POSITIVE_INT, PROPORTION, SEED
@@ -281,34 +282,31 @@ def save_finetuned(accelerator, model, tokenizer, args, task, results: dict[str,
     check_finite(accelerator, state_dict, args)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        inputs = finetune_inputs(args)
-        with atomic_directory(args.output_dir, args.overwrite, kind="finetune", inputs=inputs) as staging:
-            unwrapped.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-            (staging / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-            (staging / "finetune_args.json").write_text(
-                json.dumps(dataclasses.asdict(args), indent=2) + "\n", encoding="utf-8"
-            )
-            card = render_card(
-                unwrapped.config,
-                count_parameters(unwrapped),
-                model_name=Path(args.output_dir).name,
-                summary=f"{args.model} fine-tuned for {task.name.replace('_', ' ')} the GPT-1 way, with hf_gpt.",
-                pipeline_tag=task.pipeline_tag,
-                base_model=str(args.model),
-                training=[
-                    ("Task", task.name),
-                    ("Training data", f"{Path(args.train).name} ({results['train_examples']} examples)"),
-                    ("Epochs", str(args.epochs)),
-                    ("Batch", str(args.batch_size)),
-                    ("Optimizer", f"AdamW, lr {args.learning_rate:g}, warmup {args.warmup_ratio:.1%}, linear decay"),
-                    ("Auxiliary LM loss weight", f"{args.lm_weight:g}"),
-                ],
-                evaluation=[("Validation accuracy", f"{results['val_accuracy']:.4f} ({results['validation']})")],
-                example_prompt="An example input",
-                scores=[(validation_name(args), "accuracy", round(results["val_accuracy"], 4))],
-                model_path=str(args.output_dir),
-            )
-            write_card(card, staging)
+        card = render_card(
+            unwrapped.config,
+            count_parameters(unwrapped),
+            model_name=Path(args.output_dir).name,
+            summary=f"{args.model} fine-tuned for {task.name.replace('_', ' ')} the GPT-1 way, with hf_gpt.",
+            pipeline_tag=task.pipeline_tag,
+            base_model=str(args.model),
+            training=[
+                ("Task", task.name),
+                ("Training data", f"{Path(args.train).name} ({results['train_examples']} examples)"),
+                ("Epochs", str(args.epochs)),
+                ("Batch", str(args.batch_size)),
+                ("Optimizer", f"AdamW, lr {args.learning_rate:g}, warmup {args.warmup_ratio:.1%}, linear decay"),
+                ("Auxiliary LM loss weight", f"{args.lm_weight:g}"),
+            ],
+            evaluation=[("Validation accuracy", f"{results['val_accuracy']:.4f} ({results['validation']})")],
+            example_prompt="An example input",
+            scores=[(validation_name(args), "accuracy", round(results["val_accuracy"], 4))],
+            model_path=str(args.output_dir),
+        )
+        files = {RESULTS_FILE: json.dumps(results, indent=2) + "\n",
+                 "finetune_args.json": json.dumps(dataclasses.asdict(args), indent=2) + "\n"}  # fmt: skip
+        write_model_folder(
+            unwrapped, args.output_dir, kind="finetune", card=card, tokenizer=tokenizer, overwrite=args.overwrite,
+            inputs=finetune_inputs(args), state_dict=state_dict, files=files,
+        )  # fmt: skip
     accelerator.wait_for_everyone()
     return Path(args.output_dir)

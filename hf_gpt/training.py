@@ -31,16 +31,14 @@ from accelerate.utils import broadcast_object_list, set_seed
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
 
-from .cards import render_card, write_card
+from .cards import render_card
 from .checkpoints import latest_checkpoint, load_checkpoint, remove_unfinished, save_checkpoint
-from .configuration_hf_gpt import HfGptConfig
 from .data import available_cores
 from .estimate import count_parameters, flops_per_token
-from .files import atomic_directory
 from .interrupts import StopRequest
 from .metrics import MetricsLog, measured_peak_flops, tracker_names
+from .model_folder import write_model_folder
 from .modeling_hf_gpt import HfGptForCausalLM, values_checked
 from .optimization import make_optimizer, make_scheduler
 from .training_setup import (
@@ -335,11 +333,11 @@ class Trainer:
         target = self.output / "model"
         if accelerator.is_main_process:
             model = accelerator.unwrap_model(self.model)
-            model.generation_config = sampling_defaults(self.config)
-            with atomic_directory(target, overwrite=True, kind=self.args.command) as staging:
-                model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
-                self.tokenizer.save_pretrained(staging)
-                write_card(self.card(evaluation, interrupted), staging)
+            card = self.card(evaluation, interrupted)
+            write_model_folder(
+                model, target, kind=self.args.command, overwrite=True, tokenizer=self.tokenizer, card=card,
+                state_dict=state_dict,
+            )  # fmt: skip
             scores = f" (validation perplexity {evaluation['val_perplexity']:.2f})" if evaluation else ""
             accelerator.print(f"model saved to {target}{scores}")
         accelerator.wait_for_everyone()
@@ -406,19 +404,6 @@ def private_generator() -> torch.Generator:
     """For DataLoaders, which draw a seed at every iteration: from the global generator, that would shift
     the dropout masks of every later step, and a resumed run would no longer match an uninterrupted one."""
     return torch.Generator().manual_seed(0)
-
-
-def sampling_defaults(config: HfGptConfig) -> GenerationConfig:
-    """What `generate()` and the pipeline do by default: top-k sampling, as GPT-2's samples were made."""
-    return GenerationConfig(
-        do_sample=True,
-        top_k=50,
-        temperature=1.0,
-        max_new_tokens=100,
-        bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id,
-        pad_token_id=config.pad_token_id,
-    )
 
 
 def device_name(device: torch.device) -> str:

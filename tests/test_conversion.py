@@ -14,7 +14,7 @@ from hf_gpt.conversion.gpt2 import export_gpt2, import_gpt2
 from hf_gpt.conversion.nanogpt import import_nanogpt
 from hf_gpt.conversion.openai_gpt import import_openai_gpt
 from huggingface_hub import ModelCard
-from transformers import GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, OpenAIGPTConfig, OpenAIGPTLMHeadModel
 from transformers.models.openai.modeling_openai import ACT_FNS
 
 from hf_gpt import HfGptForCausalLM
@@ -252,6 +252,9 @@ def test_nanogpt_import_computes_nanogpts_logits(tmp_path, trained_tokenizer_dir
     with torch.no_grad():
         torch.testing.assert_close(ours(IDS).logits, nanogpt_logits(state, IDS, heads=4), rtol=0, atol=1e-5)
     assert (tmp_path / "ours" / "tokenizer.json").is_file()
+    # Written as every model folder is: sampling defaults, and a tokenizer that truncates to the context.
+    assert ours.generation_config.do_sample and ours.generation_config.top_k == 50
+    assert AutoTokenizer.from_pretrained(tmp_path / "ours").model_max_length == 64
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from huggingface_hub import HfApi
 from test_tokenizer import console_script
 
 from hf_gpt import HfGptForCausalLM
-from hf_gpt.training import sampling_defaults
+from hf_gpt.model_folder import generation_defaults
 
 pytest_plugins = ["hub_server"]
 
@@ -36,7 +36,7 @@ def model_folder(tmp_path, trained_tokenizer):
     folder = tmp_path / "model"
     config = tiny_config(vocab_size=len(trained_tokenizer), bos_token_id=0, eos_token_id=0, pad_token_id=0)
     model = seeded(HfGptForCausalLM, config, seed=7)
-    model.generation_config = sampling_defaults(model.config)
+    model.generation_config = generation_defaults(model.config)
     model.save_pretrained(folder)
     trained_tokenizer.save_pretrained(folder)
     return folder

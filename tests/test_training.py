@@ -220,6 +220,7 @@ def test_pretrain_writes_a_model_the_ecosystem_loads(tmp_path, prepared, trained
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     assert len(tokenizer) == 700 and model.config.vocab_size == 700
+    assert tokenizer.model_max_length == model.config.max_position_embeddings == 128  # the tokenizer said 1024
     torch.testing.assert_close(model.lm_head.weight, model.transformer.wte.weight)
     generator = pipeline("text-generation", model=str(model_dir))
     text = generator("The quick", max_new_tokens=5, do_sample=False)[0]["generated_text"]
