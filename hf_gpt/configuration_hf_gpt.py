@@ -127,7 +127,8 @@ class HfGptConfig(PretrainedConfig):
         "post" (GPT-1: LayerNorm after each residual add, no final LayerNorm).
     attention_layers (`list[str]`): per layer, "global" (dense causal) or "local" (causal, banded to
         the last `local_window` tokens). Defaults to all "global" (left None beyond `MAX_LISTED_LAYERS` layers).
-    lm_loss_weight (`float`): λ of GPT-1's auxiliary LM objective in `HfGptDoubleHeadsModel`.
+    lm_loss_weight (`float`): λ of GPT-1's auxiliary LM objective, added to the task loss by `HfGptDoubleHeadsModel`
+        and `HfGptForSequenceClassification` (given `labels` / `lm_labels` respectively).
     """
 
     model_type = "hf_gpt"

@@ -1,7 +1,9 @@
 """GPT-1 style fine-tuning with Accelerate: a pretrained GPT, the task transforms of `tasks.py`, no model change.
 
 The loss is GPT-1's L3 = L2 (task) + λ·L1 (language modelling on the task's own inputs, through the tied
-embedding), λ = 0.5 by default. Classification, entailment and similarity train
+embedding), λ = 0.5 by default; the models compute it themselves (λ is their config's lm_loss_weight, so a
+saved model records the λ it was trained with), and this loop only passes labels. Classification, entailment
+and similarity train
 `HfGptForSequenceClassification` (which loads with AutoModelForSequenceClassification and the
 text-classification pipeline); multiple choice trains `HfGptDoubleHeadsModel`.
 """
@@ -21,7 +23,6 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
-from transformers.loss.loss_utils import ForCausalLMLoss
 
 from .cards import render_card
 from .estimate import count_parameters
@@ -119,22 +120,17 @@ def collate(pad_id: int):
     return collate_batch
 
 
-def task_forward(model, embedding, batch, task: Task, lm_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores per class or choice, L3 loss) for a padded batch; lm_weight=0 skips the language-modelling term."""
+def task_forward(model, batch, task: Task, with_lm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores per class or choice, loss) for a padded batch. The model adds GPT-1's auxiliary LM loss, weighted by
+    its config's lm_loss_weight, when given LM targets (`with_lm`)."""
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-    lm_labels = ids.masked_fill(mask == 0, -100) if lm_weight else None  # padding is not a target
-    if task.name == "multiple_choice":  # the head adds config.lm_loss_weight (= lm_weight) x its LM loss itself
+    lm_labels = ids.masked_fill(mask == 0, -100) if with_lm else None  # padding is not a target
+    if task.name == "multiple_choice":
         out = model(input_ids=ids, attention_mask=mask, labels=lm_labels, mc_labels=labels)
         return out.mc_logits, out.loss
-    flat_ids, flat_mask = ids.flatten(0, 1), mask.flatten(0, 1)
-    out = model(input_ids=flat_ids, attention_mask=flat_mask, output_hidden_states=bool(lm_weight))
-    # Similarity: the two orders' scores summed (the head is linear: the sum of GPT-1's representations).
-    scores = out.logits.view(*ids.shape[:2], -1).sum(1)
-    loss = torch.nn.functional.cross_entropy(scores.float(), labels)
-    if lm_weight:  # L1 through the tied output embedding, as the causal LM head computes it
-        lm_logits = out.hidden_states[-1] @ embedding.T
-        loss = loss + lm_weight * ForCausalLMLoss(lm_logits, lm_labels.flatten(0, 1), vocab_size=embedding.shape[0])
-    return scores, loss
+    # (batch, sequences, length): similarity's two orders are scored together, one sequence otherwise.
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, lm_labels=lm_labels)
+    return out.logits, out.loss
 
 
 def split_validation(args: FinetuneArguments, task: Task) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]], str]:
@@ -157,7 +153,8 @@ def load_model(args: FinetuneArguments, task: Task, names: list[str], tokenizer)
         model_class, options = HfGptDoubleHeadsModel, {"lm_loss_weight": args.lm_weight}
     else:
         labels = {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
-        model_class, options = HfGptForSequenceClassification, {"num_labels": len(names), **labels}
+        options = {"num_labels": len(names), "lm_loss_weight": args.lm_weight, **labels}
+        model_class = HfGptForSequenceClassification
     with weights_as_value_errors(args.model):
         model = model_class.from_pretrained(args.model, **options)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -166,11 +163,11 @@ def load_model(args: FinetuneArguments, task: Task, names: list[str], tokenizer)
 
 
 @torch.no_grad()
-def accuracy(model, embedding, loader, task, accelerator) -> float:
+def accuracy(model, loader, task, accelerator) -> float:
     model.eval()
     right = []
     for batch in loader:
-        scores, _ = task_forward(model, embedding, batch, task, lm_weight=0.0)
+        scores, _ = task_forward(model, batch, task, with_lm=False)
         right.append(accelerator.gather_for_metrics(scores.argmax(-1) == batch["labels"]))
     model.train()
     return torch.cat(right).float().mean().item()
@@ -215,7 +212,6 @@ def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
     total = args.epochs * len(train_loader)
     # Not prepared: Accelerate would step it once per process (see optimization.make_scheduler).
     scheduler = get_linear_schedule_with_warmup(optimizer, round(args.warmup_ratio * total), total)
-    embedding = accelerator.unwrap_model(model).get_input_embeddings().weight
 
     accelerator.print(
         f"{task.name}: {len(train)} training and {len(val)} validation examples ({val_source}); "
@@ -227,7 +223,7 @@ def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
     for epoch in range(1, args.epochs + 1):
         for batch in train_loader:
             step += 1
-            _, loss = task_forward(model, embedding, batch, task, args.lm_weight)
+            _, loss = task_forward(model, batch, task, with_lm=args.lm_weight > 0)
             # Every process checks the same mean before the update, so all stop together and a NaN never
             # reaches the weights.
             mean_loss = accelerator.reduce(loss.detach(), "mean").item()
@@ -244,7 +240,7 @@ def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
             optimizer.zero_grad(set_to_none=True)
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-        history.append({"epoch": epoch, "val_accuracy": accuracy(model, embedding, val_loader, task, accelerator)})
+        history.append({"epoch": epoch, "val_accuracy": accuracy(model, val_loader, task, accelerator)})
         accelerator.print(f"epoch {epoch}: validation accuracy {history[-1]['val_accuracy']:.4f}")
     bar.close()
 

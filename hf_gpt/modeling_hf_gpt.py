@@ -604,7 +604,13 @@ class HfGptForCausalLM(HfGptPreTrainedModel, GenerationMixin):
 
 
 class HfGptForSequenceClassification(HfGptPreTrainedModel):
-    """Classifies a sequence from its last real token, as GPT-1 does (left or right padding)."""
+    """Classifies a sequence from its last real token, as GPT-1 does (left or right padding).
+
+    GPT-1's fine-tuning extras are here too: inputs of shape (batch, sequences, length) are scored together
+    (GPT-1's similarity head: both orders of a text pair, whose representations it adds; the score layer is linear
+    without bias, so summing the sequences' scores is the same), and `lm_labels` adds GPT-1's auxiliary language
+    modelling loss, through the tied input embedding, weighted by `config.lm_loss_weight`.
+    """
 
     accepts_loss_kwargs = False  # a per-batch mean loss: Trainer must scale it for gradient accumulation
 
@@ -628,25 +634,43 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
+        lm_labels: torch.LongTensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> SequenceClassifierOutputWithPast:
-        r"""kwargs: the body's other inputs (output_*). Every input transformers may look for by name (Trainer's
+        r"""input_ids (batch, length), or (batch, sequences, length) to score several sequences as one example.
+        lm_labels (shaped as input_ids): GPT-1's auxiliary LM targets, shifted inside; -100 is ignored.
+        kwargs: the body's other inputs (output_*). Every input transformers may look for by name (Trainer's
         `remove_unused_columns` reads this signature) is named here."""
+        tokens = input_ids if input_ids is not None else inputs_embeds
+        grouped = tokens is not None and tokens.dim() == (3 if input_ids is not None else 4)
+
+        def flat(tensor):  # (batch, sequences, ...) -> (batch * sequences, ...)
+            return tensor.flatten(0, 1) if grouped and tensor is not None else tensor
+
+        input_ids, attention_mask, position_ids, inputs_embeds = map(
+            flat, (input_ids, attention_mask, position_ids, inputs_embeds)
+        )
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=_pick_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
+            use_cache=use_cache and not grouped,  # a cache of grouped rows would not match the caller's batch
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         last = last_token_index(hidden_states, input_ids, attention_mask, self.config.pad_token_id)
         logits = self.score(self.dropout(gather_rows(hidden_states, last)))
+        if grouped:
+            logits = logits.view(*tokens.shape[:2], -1).sum(1)
         loss = None
         if labels is not None:
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        if lm_labels is not None:
+            lm_logits = nn.functional.linear(hidden_states, self.transformer.wte.weight)
+            lm_loss = ForCausalLMLoss(lm_logits, flat(lm_labels), vocab_size=self.config.vocab_size)
+            loss = lm_loss if loss is None else loss + self.config.lm_loss_weight * lm_loss
         return head_output(SequenceClassifierOutputWithPast, outputs, loss=loss, logits=logits)
 
 

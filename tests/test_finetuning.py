@@ -131,7 +131,12 @@ def test_similarity_scores_both_orders(base_model, tmp_path):
         ids = torch.tensor([[s + [0] * (length - len(s)) for s in both]])
         mask = torch.tensor([[[1] * len(s) + [0] * (length - len(s)) for s in both]])
         batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0])}
-        return task_forward(model, model.get_input_embeddings().weight, batch, task, 0.0)[0]
+        scored = task_forward(model, batch, task, with_lm=False)[0]
+        # The loaded model takes the (batch, sequences, length) pair itself: its scores are the sum of each order's.
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, scored)
+        separately = sum(model(input_ids=ids[:, i], attention_mask=mask[:, i]).logits for i in range(2))
+        torch.testing.assert_close(scored, separately)
+        return scored
 
     torch.testing.assert_close(scores("the cat sat", "on a mat"), scores("on a mat", "the cat sat"))
 

@@ -645,3 +645,22 @@ def test_resize_position_embeddings_lengthens_the_context_keeping_learned_positi
     torch.testing.assert_close(model.get_position_embeddings().weight, learned[:8], rtol=0, atol=0)
     with pytest.raises(ValueError, match="new_num_position_embeddings must be a positive integer"):
         model.resize_position_embeddings(0)
+
+
+def test_sequence_classification_adds_gpt1s_auxiliary_lm_loss_weighted_by_the_config():
+    config = tiny_config("gpt1-tiny", num_labels=3, lm_loss_weight=0.25)
+    model = seeded(HfGptForSequenceClassification, config)
+    ids = torch.randint(0, config.vocab_size, (4, 2, 9))  # 4 examples of 2 sequences (GPT-1's similarity input)
+    mask = torch.ones_like(ids).index_fill_(2, torch.tensor([7, 8]), 0)
+    labels, lm_labels = torch.tensor([0, 2, 1, 2]), ids.masked_fill(mask == 0, -100)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, lm_labels=lm_labels)
+    task_loss = torch.nn.functional.cross_entropy(out.logits, labels)
+    # The LM term as GPT-1 computes it: every sequence's next tokens, through the tied input embedding.
+    flat_ids, flat_mask = ids.flatten(0, 1), mask.flatten(0, 1)
+    hidden = model.transformer(flat_ids, attention_mask=flat_mask).last_hidden_state
+    lm_logits = hidden[:, :-1] @ model.transformer.wte.weight.T
+    lm_loss = torch.nn.functional.cross_entropy(lm_logits.flatten(0, 1), lm_labels.flatten(0, 1)[:, 1:].flatten())
+    torch.testing.assert_close(out.loss, task_loss + 0.25 * lm_loss)
+    assert lm_loss > 1.0  # a real term at these weights, not a vanishing one
+    alone = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    torch.testing.assert_close(alone, task_loss)
