@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 import transformers
-from machine import device_name
 from reference import benchmark_config, matched_pair, timed
 
 import hf_gpt
 from hf_gpt.decoding import StaticDecoder
+from hf_gpt.machine import device_name
 
 ROOT = Path(__file__).resolve().parent.parent
 NEAR_TIE = 1e-2  # logits closer than this may swap order under different bf16 kernels

@@ -7,7 +7,7 @@ from hf_gpt.conversion.gpt2 import as_gpt2
 from transformers import GPT2LMHeadModel
 
 from hf_gpt import HfGptConfig, HfGptForCausalLM
-from hf_gpt.metrics import synchronize
+from hf_gpt.machine import synchronize
 
 CPU_SHAPE = dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4)  # runs in seconds on 2 cores
 

@@ -20,7 +20,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from machine import device_name
+from hf_gpt.machine import device_name
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from machine import cpu_name
+from hf_gpt.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""

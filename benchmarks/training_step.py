@@ -14,12 +14,11 @@ from pathlib import Path
 
 import torch
 import transformers
-from machine import device_name
 from reference import benchmark_config, matched_pair, timed
 
 import hf_gpt
-from hf_gpt.estimate import count_parameters, flops_per_token
-from hf_gpt.metrics import measured_peak_flops
+from hf_gpt.counting import count_parameters, flops_per_token
+from hf_gpt.machine import device_name, measured_peak_flops
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .cards import render_card
 from .configuration_hf_gpt import HfGptConfig
-from .estimate import count_parameters
+from .counting import count_parameters
 from .files import check_output_dir, looks_local, pickle_refusal, weights_as_value_errors
 from .model_folder import write_model_folder
 

@@ -33,6 +33,7 @@ from transformers import PreTrainedTokenizerBase
 from .documents import Corpus, Piece
 from .encoding import CachedEncoder, is_gpt2_byte_level
 from .files import atomic_directory, flush_to_disk, read_json_object, write_text_atomic
+from .machine import available_cores
 from .tokenizer import backend_of, load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
@@ -148,10 +149,6 @@ class ValidationSplit:
         take = abs(self.validation + tokens - target) < abs(self.validation - target)
         self.validation += tokens if take else 0
         return take
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def separator_id(tokenizer: PreTrainedTokenizerBase) -> int:

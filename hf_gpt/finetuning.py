@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
 from .cards import render_card
-from .estimate import count_parameters
+from .counting import count_parameters
 from .files import check_output_dir, weights_as_value_errors
 from .model_folder import write_model_folder
 from .modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification

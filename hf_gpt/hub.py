@@ -21,7 +21,7 @@ from transformers.dynamic_module_utils import get_relative_import_files
 
 from .cards import render_card
 from .configuration_hf_gpt import HfGptConfig
-from .estimate import parameter_counts
+from .counting import parameter_counts
 from .files import PICKLE_SUFFIXES
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")

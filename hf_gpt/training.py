@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 
 from .cards import render_card
 from .checkpoints import latest_checkpoint, load_checkpoint, remove_unfinished, save_checkpoint
-from .data import available_cores
-from .estimate import count_parameters, flops_per_token
+from .counting import count_parameters, flops_per_token
 from .interrupts import StopRequest
-from .metrics import MetricsLog, measured_peak_flops, tracker_names
+from .machine import device_name, measured_peak_flops
+from .metrics import MetricsLog, tracker_names
 from .model_folder import write_model_folder
 from .modeling_hf_gpt import HfGptForCausalLM, values_checked
 from .optimization import make_optimizer, make_scheduler
@@ -404,12 +404,6 @@ def private_generator() -> torch.Generator:
     """For DataLoaders, which draw a seed at every iteration: from the global generator, that would shift
     the dropout masks of every later step, and a resumed run would no longer match an uninterrupted one."""
     return torch.Generator().manual_seed(0)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{device.type} ({available_cores()} cores)" if device.type == "cpu" else device.type
 
 
 def pretrain(args: PretrainArguments | None = None, **kwargs) -> Path:
