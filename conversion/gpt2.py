@@ -107,8 +107,11 @@ def export_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer
     )  # fmt: skip
 
 
+DIRECTIONS = {"import": import_gpt2, "export": export_gpt2}  # also `hf-gpt convert gpt2 ...`
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_converter("conversion/gpt2.py", __doc__, {"import": import_gpt2, "export": export_gpt2}, argv)
+    return run_converter("conversion/gpt2.py", __doc__, DIRECTIONS, argv)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,11 @@ def import_nanogpt(source: str, output_dir: str, overwrite: bool = False, tokeni
     )  # fmt: skip
 
 
+DIRECTIONS = {"import": import_nanogpt}  # also `hf-gpt convert nanogpt ...`
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_converter("conversion/nanogpt.py", __doc__, {"import": import_nanogpt}, argv)
+    return run_converter("conversion/nanogpt.py", __doc__, DIRECTIONS, argv)
 
 
 if __name__ == "__main__":

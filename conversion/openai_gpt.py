@@ -75,8 +75,11 @@ def import_openai_gpt(source: str, output_dir: str, overwrite: bool = False, tok
     )  # fmt: skip
 
 
+DIRECTIONS = {"import": import_openai_gpt}  # also `hf-gpt convert openai-gpt ...`
+
+
 def main(argv: list[str] | None = None) -> int:
-    return run_converter("conversion/openai_gpt.py", __doc__, {"import": import_openai_gpt}, argv)
+    return run_converter("conversion/openai_gpt.py", __doc__, DIRECTIONS, argv)
 
 
 if __name__ == "__main__":

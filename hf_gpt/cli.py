@@ -106,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="optimizer steps (default: about 3 minutes on 2 cores)",
     )
+
+    from .converting import FORMATS, add_conversion_arguments
+
+    convert = commands.add_parser(
+        "convert",
+        help="convert a checkpoint: gpt2 import|export, openai-gpt import, nanogpt import",
+        description="Convert a checkpoint to or from hf_gpt, checking the result's logits against the source "
+        "(as `python conversion/FORMAT.py DIRECTION ...` does).",
+    )
+    convert.add_argument("format", choices=list(FORMATS), help="the other side's format")
+    convert.add_argument("direction", choices=["import", "export"], help="import: into hf_gpt; export: out of it")
+    add_conversion_arguments(convert)
     return parser
 
 
@@ -424,6 +436,13 @@ def run(args: argparse.Namespace) -> None:
 
         options = ("private", "revision", "commit_message", "license", "language", "include")
         push(args.folder, args.repo_id, **{name: getattr(args, name) for name in options})
+    elif args.command == "convert":
+        from .converting import convert, directions_of
+
+        directions = directions_of(args.format)
+        if args.direction not in directions:
+            raise ValueError(f"{args.format} converts only by {' and '.join(directions)}, not {args.direction}")
+        convert(directions[args.direction], args)
     elif args.command == "quickstart":
         from .quickstart import STEPS, quickstart
 

@@ -156,21 +156,43 @@ def write_converted(
     return Path(output_dir)
 
 
-def run_converter(prog: str, description: str, directions: dict[str, Callable], argv: list[str] | None) -> int:
-    """The command line every converter shares: DIRECTION SOURCE OUTPUT [--overwrite]."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("direction", choices=sorted(directions))
+# `hf-gpt convert FORMAT ...`: each format's module in hf_gpt.conversion and its directions.
+FORMATS = {"gpt2": "gpt2", "openai-gpt": "openai_gpt", "nanogpt": "nanogpt"}
+
+
+def directions_of(format_name: str) -> dict[str, Callable]:
+    """The conversion functions of one format, by direction ("import", "export")."""
+    import importlib
+
+    return importlib.import_module(f"hf_gpt.conversion.{FORMATS[format_name]}").DIRECTIONS
+
+
+def convert(convert_fn: Callable, args: argparse.Namespace) -> Path:
+    """Run one conversion from parsed `add_conversion_arguments`, the output checked before the conversion's
+    work (and again when it is written)."""
+    inputs = [p for p in (args.source, args.tokenizer) if p is not None]
+    check_output_dir(args.output, args.overwrite, kind=KIND, inputs=inputs)
+    return convert_fn(args.source, args.output, overwrite=args.overwrite, tokenizer=args.tokenizer)
+
+
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="checkpoint or model folder to read")
     parser.add_argument("output", help="folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier converted folder")
     parser.add_argument("--tokenizer", help="tokenizer folder to carry over (default: the source's, if it has one)")
+
+
+def run_converter(prog: str, description: str, directions: dict[str, Callable], argv: list[str] | None) -> int:
+    """`python conversion/X.py DIRECTION SOURCE OUTPUT [--overwrite] [--tokenizer T]`; `hf-gpt convert` is the same
+    with the format first."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("direction", choices=sorted(directions))
+    add_conversion_arguments(parser)
     args = parser.parse_args(argv)
-    try:  # the output is checked before the conversion's work, and again when it is written
-        inputs = [p for p in (args.source, args.tokenizer) if p is not None]
-        check_output_dir(args.output, args.overwrite, kind=KIND, inputs=inputs)
-        directions[args.direction](args.source, args.output, overwrite=args.overwrite, tokenizer=args.tokenizer)
+    try:
+        convert(directions[args.direction], args)
     except (ValueError, OSError) as e:
         print(f"{prog} {args.direction}: error: {e}", file=sys.stderr)
         return 2

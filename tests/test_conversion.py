@@ -318,3 +318,15 @@ def test_cli_reports_errors_and_converts(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "largest logit difference" in done.stdout and f"-> {tmp_path / 'out'}" in done.stdout
+    # The same converters from the hf-gpt command.
+    hf_gpt = [sys.executable, "-m", "hf_gpt.cli", "convert"]
+    done = subprocess.run([*hf_gpt, "gpt2", "export", str(tmp_path / "out"), str(tmp_path / "back")],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["model_type"] == "gpt2"
+    done = subprocess.run([*hf_gpt, "nanogpt", "export", str(tmp_path / "out"), str(tmp_path / "other")],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "hf-gpt convert: error: nanogpt converts only by import, not export"
+    ]
+    assert not (tmp_path / "other").exists()
