@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from safetensors import SafetensorError
 
-from .documents import INVALID_UTF8_POLICIES
-from .ranges import COUNT, NON_NEGATIVE, OPEN_UNIT, POSITIVE, POSITIVE_INT, PROBABILITY_MASS, PROPORTION, SEED, SHARE
+from .options import add_arguments, from_namespace
+from .ranges import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY_MASS, SEED, SHARE
 
 
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,15 +24,9 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_corpus_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--text-field", default="text", help="field holding the text in JSONL and datasets")
-    parser.add_argument("--split", default="train", help="split to read from dataset folders")
-    parser.add_argument(
-        "--invalid-utf8",
-        choices=INVALID_UTF8_POLICIES,
-        default="error",
-        help="'error' stops at the first invalid byte, naming the file; 'replace' writes U+FFFD and counts them",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    from .documents import CorpusOptions
+
+    add_arguments(parser, CorpusOptions)
 
 
 class Parser(argparse.ArgumentParser):
@@ -133,84 +127,20 @@ def add_val_input_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pretrain_parser(commands) -> None:
-    from .training_setup import MIXED_PRECISION, PretrainArguments
+    from .training_setup import PretrainArguments
 
-    defaults = PretrainArguments(output_dir="", data=[])
     p = commands.add_parser(
         "pretrain",
         help="train a GPT from scratch (also under `accelerate launch`)",
         description="Train a GPT from scratch. Writes OUTPUT/model (save_pretrained folder), "
         "OUTPUT/checkpoints and OUTPUT/logs. Runs unchanged under `accelerate launch` on many GPUs.",
     )
-    p.add_argument(
-        "data", nargs="+", metavar="DATA", help="a `prepare-data` folder, or raw inputs prepared into OUTPUT/data"
-    )
-    p.add_argument("--output", required=True, help="run folder")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: train one of --vocab-size on raw inputs)")
-    p.add_argument(
-        "--vocab-size", type=POSITIVE_INT.parse, default=defaults.vocab_size, help="for a tokenizer trained here"
-    )
-    p.add_argument("--model", default=defaults.model, help="a preset name or a config.json (or its folder)")
-    p.add_argument(
-        "--set",
-        dest="model_overrides",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="override a config field, e.g. --set hidden_size=256 --set resid_pdrop=0 (repeatable)",
-    )
-    p.add_argument(
-        "--block-size", type=POSITIVE_INT.parse, help="tokens per training sequence (default: the model's context)"
-    )
-    p.add_argument(
-        "--batch-size",
-        type=POSITIVE_INT.parse,
-        default=defaults.batch_size,
-        help="sequences per optimizer step, all processes",
-    )
-    p.add_argument(
-        "--micro-batch-size",
-        type=POSITIVE_INT.parse,
-        help="sequences per process and forward pass (accumulates the rest)",
-    )
-    p.add_argument("--max-steps", type=POSITIVE_INT.parse, default=defaults.max_steps)
-    p.add_argument(
-        "--learning-rate", "--lr", type=POSITIVE.parse, default=defaults.learning_rate, help="peak learning rate"
-    )
-    p.add_argument("--warmup-steps", type=COUNT.parse, default=defaults.warmup_steps)
-    p.add_argument(
-        "--final-lr-ratio", type=PROPORTION.parse, default=defaults.final_lr_ratio, help="cosine decays to this x peak"
-    )
-    p.add_argument("--weight-decay", type=NON_NEGATIVE.parse, default=defaults.weight_decay)
-    p.add_argument("--max-grad-norm", type=POSITIVE.parse, default=defaults.max_grad_norm)
-    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, help="default: as `accelerate config` says")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
-    p.add_argument("--seed", type=SEED.parse, default=defaults.seed)
-    p.add_argument(
-        "--eval-every", type=POSITIVE_INT.parse, default=defaults.eval_every, help="steps between validation runs"
-    )
-    p.add_argument(
-        "--eval-blocks", type=POSITIVE_INT.parse, default=defaults.eval_blocks, help="validation blocks per run"
-    )
-    p.add_argument(
-        "--save-every", type=POSITIVE_INT.parse, default=defaults.save_every, help="steps between checkpoints"
-    )
-    p.add_argument("--keep-checkpoints", type=POSITIVE_INT.parse, default=defaults.keep_checkpoints)
-    p.add_argument("--log-every", type=POSITIVE_INT.parse, default=defaults.log_every)
-    p.add_argument("--log-with", default=defaults.log_with, help="auto (TensorBoard if installed), none, or a tracker")
-    p.add_argument("--val-fraction", type=SHARE.parse, default=defaults.val_fraction, help="for data prepared here")
-    add_val_input_option(p)
-    p.add_argument("--peak-tflops", type=POSITIVE.parse, help="per-device peak for MFU (default: measured)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUTPUT")
-    add_corpus_options(p)
+    add_arguments(p, PretrainArguments)
 
 
 def add_finetune_parser(commands) -> None:
     from .finetuning import FinetuneArguments
-    from .tasks import TASKS
 
-    defaults = FinetuneArguments(model="", train="", output_dir="")
     p = commands.add_parser(
         "finetune",
         help="fine-tune a pretrained GPT on a task, GPT-1 style",
@@ -219,44 +149,7 @@ def add_finetune_parser(commands) -> None:
         "JSONL or CSV with the columns: classification: text, label; entailment: premise, hypothesis, label; "
         "similarity: text_a, text_b, label; multiple_choice: context, choices (a list), label (its index).",
     )
-    p.add_argument("model", help="pretrained model folder (e.g. OUTPUT/model of hf-gpt pretrain)")
-    p.add_argument("train", help="training examples (.jsonl or .csv)")
-    p.add_argument("--task", required=True, choices=sorted({*TASKS, *(t.replace("_", "-") for t in TASKS)}))
-    p.add_argument("--output", required=True, help="folder for the fine-tuned model")
-    p.add_argument("--validation", help="validation examples (default: --val-fraction of the training file)")
-    p.add_argument("--val-fraction", type=OPEN_UNIT.parse, default=defaults.val_fraction)
-    p.add_argument(
-        "--column",
-        dest="columns",
-        action="append",
-        default=[],
-        metavar="ROLE=COLUMN[,COLUMN...]",
-        help="where a role's value is, e.g. --column text=sentence or --column choices=ending0,ending1",
-    )
-    p.add_argument("--epochs", type=POSITIVE_INT.parse, default=defaults.epochs)
-    p.add_argument(
-        "--batch-size", type=POSITIVE_INT.parse, default=defaults.batch_size, help="examples per step, all processes"
-    )
-    p.add_argument("--learning-rate", "--lr", type=POSITIVE.parse, default=defaults.learning_rate)
-    p.add_argument("--warmup-ratio", type=PROPORTION.parse, default=defaults.warmup_ratio)
-    p.add_argument("--weight-decay", type=NON_NEGATIVE.parse, default=defaults.weight_decay)
-    p.add_argument(
-        "--lm-weight", type=NON_NEGATIVE.parse, default=defaults.lm_weight, help="λ of the auxiliary LM loss"
-    )
-    p.add_argument("--max-length", type=POSITIVE_INT.parse, help="tokens per sequence (default: the model's context)")
-    p.add_argument("--seed", type=SEED.parse, default=defaults.seed)
-    p.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"))
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier model in --output")
-
-
-def parse_columns(items: Sequence[str]) -> dict[str, list[str]]:
-    columns = {}
-    for item in items:
-        role, sep, names = item.partition("=")
-        if not sep or not role or not names:
-            raise ValueError(f"--column must look like ROLE=COLUMN[,COLUMN...], got {item!r}")
-        columns[role] = names.split(",")
-    return columns
+    add_arguments(p, FinetuneArguments)
 
 
 def add_generate_parser(commands) -> None:
@@ -399,14 +292,14 @@ def run(args: argparse.Namespace) -> None:
             **common,
         )
     elif args.command == "pretrain":
-        pretrain_from(args, common)
+        from .training import pretrain
+        from .training_setup import PretrainArguments
+
+        pretrain(from_namespace(PretrainArguments, args))
     elif args.command == "finetune":
         from .finetuning import FinetuneArguments, finetune
 
-        fields = ("task", "validation", "val_fraction", "epochs", "batch_size", "learning_rate", "warmup_ratio",
-                  "weight_decay", "lm_weight", "max_length", "seed", "mixed_precision", "overwrite")  # fmt: skip
-        options = {name: getattr(args, name) for name in fields}
-        finetune(FinetuneArguments(args.model, args.train, args.output, columns=parse_columns(args.columns), **options))
+        finetune(from_namespace(FinetuneArguments, args))
     elif args.command == "generate":
         from .generate import generate
 
@@ -422,9 +315,9 @@ def run(args: argparse.Namespace) -> None:
         )
     elif args.command == "estimate":
         from .estimate import estimate, format_estimate, parse_count
-        from .training_setup import load_config, parse_override
+        from .training_setup import load_config, parse_overrides
 
-        config = load_config(args.model, dict(parse_override(text) for text in args.model_overrides))
+        config = load_config(args.model, parse_overrides(args.model_overrides))
         tokens = None if args.tokens is None else parse_count(args.tokens, "--tokens")
         options = ("seq_len", "batch_size", "precision", "attention", "gradient_checkpointing", "gpu_tflops", "mfu",
                    "gpus", "price_per_hour")  # fmt: skip
@@ -471,28 +364,6 @@ def run_eval(args: argparse.Namespace) -> None:
             raise ValueError("name the task once: a task file or built-in task, as TASK or --task TASK")
         task = args.task or args.task_option
         eval_fewshot(args.model, task, shots=parse_shots(args.shots), **options, **common)
-
-
-def pretrain_from(args: argparse.Namespace, common: dict) -> None:
-    from .training import pretrain
-    from .training_setup import PretrainArguments, parse_override
-
-    fields = (
-        "tokenizer", "vocab_size", "model", "block_size", "batch_size", "micro_batch_size", "max_steps",
-        "learning_rate", "warmup_steps", "final_lr_ratio", "weight_decay", "max_grad_norm", "mixed_precision",
-        "compile", "gradient_checkpointing", "seed", "eval_every", "eval_blocks", "save_every", "keep_checkpoints",
-        "log_every", "log_with", "val_fraction", "val_inputs", "peak_tflops", "resume",
-    )  # fmt: skip
-    overrides = dict(parse_override(text) for text in args.model_overrides)
-    pretrain(
-        PretrainArguments(
-            output_dir=args.output,
-            data=args.data,
-            model_overrides=overrides,
-            **{name: getattr(args, name) for name in fields},
-            **common,
-        )
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

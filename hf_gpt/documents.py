@@ -24,8 +24,25 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .options import option
+
 READ_BYTES = 1 << 20
 INVALID_UTF8_POLICIES = ("error", "replace")
+
+
+@dataclass(kw_only=True)
+class CorpusOptions:
+    """How a corpus is read, for every command that reads one (each field is also its flag, see `options`)."""
+
+    text_field: str = option("text", help="field holding the text in JSONL and datasets")
+    split: str = option("train", help="split to read from dataset folders")
+    invalid_utf8: str = option(
+        "error", choices=INVALID_UTF8_POLICIES,
+        help="'error' stops at the first invalid byte, naming the file; 'replace' writes U+FFFD and counts them",
+    )  # fmt: skip
+    overwrite: bool = option(False, help="replace a non-empty output folder")
+
+
 JSONL_SUFFIXES = (".jsonl", ".json")
 DATASET_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
 SAFE_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")

@@ -14,7 +14,8 @@ import dataclasses
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,48 +31,58 @@ from .files import check_output_dir, weights_as_value_errors
 from .model_folder import write_model_folder
 from .modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification
 from .optimization import make_optimizer
+from .options import check_ranges, option
 from .ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, POSITIVE_INT, PROPORTION, SEED
-from .tasks import Task, add_task_tokens, encode_example, get_task, read_records, task_examples
+from .tasks import TASK_NAMES, Task, add_task_tokens, encode_example, get_task, read_records, task_examples
 from .training import TrainingDiverged
+from .training_setup import MIXED_PRECISION
 
 RESULTS_FILE = "eval_results.json"
 
 
+def parse_columns(items: Sequence[str]) -> dict[str, list[str]]:
+    """`--column ROLE=COLUMN[,COLUMN...]` flags as {role: [column, ...]}."""
+    columns = {}
+    for item in items:
+        role, sep, names = item.partition("=")
+        if not sep or not role or not names:
+            raise ValueError(f"--column must look like ROLE=COLUMN[,COLUMN...], got {item!r}")
+        columns[role] = names.split(",")
+    return columns
+
+
 @dataclass
 class FinetuneArguments:
-    """GPT-1's fine-tuning recipe by default: 3 epochs, batch 32, lr 6.25e-5, 0.2% warmup then linear decay."""
+    """GPT-1's fine-tuning recipe by default: 3 epochs, batch 32, lr 6.25e-5, 0.2% warmup then linear decay. Each
+    field is also its `hf-gpt finetune` flag (see `options`)."""
 
-    model: str  # a pretrained folder (e.g. OUTPUT/model of `hf-gpt pretrain`)
-    train: str  # JSONL or CSV
-    output_dir: str
-    task: str = "classification"
-    validation: str | None = None  # default: val_fraction of the training rows
-    val_fraction: float = 0.1
-    columns: dict[str, list[str]] = field(default_factory=dict)  # role -> column name(s)
-    epochs: int = 3
-    batch_size: int = 32  # examples per optimizer step, all processes together
-    learning_rate: float = 6.25e-5
-    warmup_ratio: float = 0.002
-    weight_decay: float = 0.01
-    lm_weight: float = 0.5  # λ of the auxiliary language-modelling loss
-    max_length: int | None = None  # default: the model's context
-    seed: int = 42
-    mixed_precision: str | None = None
-    overwrite: bool = False
+    model: str = option(positional=True, help="pretrained model folder (e.g. OUTPUT/model of hf-gpt pretrain)")
+    train: str = option(positional=True, help="training examples (.jsonl or .csv)")
+    output_dir: str = option(flag="--output", help="folder for the fine-tuned model")
+    task: str = option("classification", required=True, choices=TASK_NAMES, help="the GPT-1 task transform")
+    validation: str | None = option(None, help="validation examples (default: --val-fraction of the training file)")
+    val_fraction: float = option(0.1, range=OPEN_UNIT, help="share of the training rows held out for validation")
+    columns: dict[str, list[str]] = option(
+        flag="--column", metavar="ROLE=COLUMN[,COLUMN...]", repeated=parse_columns, default_factory=dict,
+        help="where a role's value is, e.g. --column text=sentence or --column choices=ending0,ending1",
+    )  # fmt: skip
+    epochs: int = option(3, range=POSITIVE_INT, help="passes over the training examples")
+    batch_size: int = option(32, range=POSITIVE_INT, help="examples per step, all processes")
+    learning_rate: float = option(6.25e-5, range=POSITIVE, aliases=("--lr",), help="peak learning rate")
+    warmup_ratio: float = option(0.002, range=PROPORTION, help="share of the steps spent warming up")
+    weight_decay: float = option(0.01, range=NON_NEGATIVE, help="AdamW's, on matrices only")
+    lm_weight: float = option(0.5, range=NON_NEGATIVE, help="λ of the auxiliary LM loss")
+    max_length: int | None = option(None, range=POSITIVE_INT, help="tokens per sequence (default: the model's "
+                                    "context)")  # fmt: skip
+    seed: int = option(42, range=SEED, help="for the head's initial weights, dropout and data order")
+    mixed_precision: str | None = option(None, choices=MIXED_PRECISION, help="default: as `accelerate config` says")
+    overwrite: bool = option(False, help="replace an earlier model in --output")
 
     def check(self) -> None:
-        for name in ("epochs", "batch_size"):
-            POSITIVE_INT.check(name, getattr(self, name))
-        POSITIVE_INT.check("max_length", self.max_length, optional=True)
-        SEED.check("seed", self.seed)
-        POSITIVE.check("learning_rate", self.learning_rate)
-        for name in ("weight_decay", "lm_weight"):
-            NON_NEGATIVE.check(name, getattr(self, name))
-        PROPORTION.check("warmup_ratio", self.warmup_ratio)
-        OPEN_UNIT.check("val_fraction", self.val_fraction)
+        get_task(self.task)  # first: it names the tasks more plainly than the range check would
+        check_ranges(self)
         if not (Path(self.model) / "config.json").is_file():
             raise FileNotFoundError(f"no pretrained model in {self.model} (expected its config.json)")
-        get_task(self.task)
 
 
 def label_names(examples: list[tuple[str, dict]], task: Task) -> list[str]:

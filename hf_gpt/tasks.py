@@ -51,6 +51,9 @@ TASKS = {
 }
 
 
+TASK_NAMES = tuple(sorted({*TASKS, *(name.replace("_", "-") for name in TASKS)}))  # multiple-choice too
+
+
 def get_task(name: str) -> Task:
     task = TASKS.get(name.replace("-", "_"))
     if task is None:

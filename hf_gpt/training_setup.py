@@ -8,7 +8,7 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,10 @@ from transformers import PreTrainedTokenizerBase
 
 from .configuration_hf_gpt import PRESETS, HfGptConfig
 from .data import MANIFEST, TokenBlocks, prepare_data, read_manifest
-from .documents import INVALID_UTF8_POLICIES
+from .documents import CorpusOptions
 from .files import check_output_dir, read_json_object, write_record, write_text_atomic
-from .ranges import NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROPORTION, SEED, SHARE
+from .options import check_ranges, option
+from .ranges import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROPORTION, SEED, SHARE
 from .tokenizer import load_tokenizer, train_bpe_tokenizer
 
 RUN_FILE = "run.json"
@@ -28,68 +29,71 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 RESUMABLE_CHANGES = {"resume", "overwrite", "eval_every", "save_every", "keep_checkpoints", "log_every", "log_with"}
 
 
-@dataclass
-class PretrainArguments:
-    """Everything `pretrain` needs; `hf-gpt pretrain --help` describes each field."""
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    return dict(parse_override(text) for text in items)
 
-    output_dir: str
-    data: list[str]  # a `prepare-data` folder, or raw inputs (text, JSONL, parquet, dataset folders)
-    tokenizer: str | None = None  # its folder; None trains one of `vocab_size` on raw inputs
-    model: str = "gpt2-tiny"  # a preset name, a config.json, or a folder holding one
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    vocab_size: int = 8192  # for a tokenizer trained here
-    block_size: int | None = None  # default: the model's context
-    batch_size: int = 32  # sequences per optimizer step, all processes together
-    micro_batch_size: int | None = None  # per process and forward pass; default batch_size / processes
-    max_steps: int = 1000
-    learning_rate: float = 6e-4
-    final_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
+
+@dataclass
+class PretrainArguments(CorpusOptions):
+    """Everything `pretrain` needs (raw inputs are read as `CorpusOptions` say); each field is also its
+    `hf-gpt pretrain` flag (see `options`)."""
+
+    output_dir: str = option(flag="--output", help="run folder")
+    data: list[str] = option(
+        positional=True, nargs="+", metavar="DATA",
+        help="a `prepare-data` folder, or raw inputs (text, JSONL, parquet, dataset folders) prepared into OUTPUT/data",
+    )  # fmt: skip
+    tokenizer: str | None = option(None, help="tokenizer folder (default: train one of --vocab-size on raw inputs)")
+    model: str = option("gpt2-tiny", help="a preset name or a config.json (or its folder)")
+    model_overrides: dict[str, Any] = option(
+        flag="--set", metavar="NAME=VALUE", repeated=parse_overrides, default_factory=dict,
+        help="override a config field, e.g. --set hidden_size=256 --set resid_pdrop=0 (repeatable)",
+    )  # fmt: skip
+    vocab_size: int = option(8192, range=POSITIVE_INT, help="for a tokenizer trained here")
+    block_size: int | None = option(None, range=POSITIVE_INT, help="tokens per training sequence (default: the "
+                                    "model's context)")  # fmt: skip
+    batch_size: int = option(32, range=POSITIVE_INT, help="sequences per optimizer step, all processes")
+    micro_batch_size: int | None = option(
+        None, range=POSITIVE_INT, help="sequences per process and forward pass (accumulates the rest; default: "
+        "batch_size / processes)",
+    )  # fmt: skip
+    max_steps: int = option(1000, range=POSITIVE_INT, help="optimizer steps")
+    learning_rate: float = option(6e-4, range=POSITIVE, aliases=("--lr",), help="peak learning rate")
+    final_lr_ratio: float = option(0.1, range=PROPORTION, help="cosine decays to this x peak")
+    warmup_steps: int = option(100, range=COUNT, help="steps of linear warm-up")
+    weight_decay: float = option(0.1, range=NON_NEGATIVE, help="AdamW's, on matrices only")
     adam_betas: tuple[float, float] = (0.9, 0.95)
     adam_eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    mixed_precision: str | None = None  # None: what `accelerate config` / `accelerate launch` says
-    compile: bool = False
-    gradient_checkpointing: bool = False
-    seed: int = 1337
-    eval_every: int = 100
-    eval_blocks: int | None = 100  # validation blocks scored each time (None: the whole split)
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    log_with: str = "auto"  # "auto" (TensorBoard when installed), "none", or an Accelerate tracker name
-    val_fraction: float = 0.01  # for data prepared here
-    val_inputs: list[str] | None = None  # held-out inputs for validation instead of val_fraction
-    text_field: str = "text"
-    split: str = "train"
-    invalid_utf8: str = "error"
-    peak_tflops: float | None = None  # per device, for MFU; None measures a large matmul
-    resume: bool = False
-    overwrite: bool = False
+    max_grad_norm: float = option(1.0, range=POSITIVE, help="gradients are clipped to this global norm")
+    mixed_precision: str | None = option(None, choices=MIXED_PRECISION, help="default: as `accelerate config` says")
+    compile: bool = option(False, help="torch.compile the model")
+    gradient_checkpointing: bool = option(False, help="recompute activations to save memory")
+    seed: int = option(1337, range=SEED, help="for the initial weights, dropout and data order")
+    eval_every: int = option(100, range=POSITIVE_INT, help="steps between validation runs")
+    eval_blocks: int | None = option(
+        100, range=POSITIVE_INT, optional=True,
+        help="validation blocks scored each time (in Python, None: the whole split)",
+    )  # fmt: skip
+    save_every: int = option(500, range=POSITIVE_INT, help="steps between checkpoints")
+    keep_checkpoints: int = option(2, range=POSITIVE_INT, help="newest checkpoints kept")
+    log_every: int = option(10, range=POSITIVE_INT, help="steps between metrics lines")
+    log_with: str = option("auto", help="auto (TensorBoard if installed), none, or an Accelerate tracker")
+    val_fraction: float = option(0.01, range=SHARE, help="share of tokens for validation, for data prepared here")
+    val_inputs: list[str] | None = option(
+        None, flag="--val-input", metavar="INPUT", repeated=lambda items: items or None,
+        help="held-out input for the validation split, instead of --val-fraction (repeatable)",
+    )  # fmt: skip
+    peak_tflops: float | None = option(None, range=POSITIVE, help="per-device peak for MFU (default: measured)")
+    resume: bool = option(False, help="continue from the newest checkpoint in OUTPUT")
     command: str = "pretrain"  # the kind of command that owns the run folder (quickstart runs are its own)
 
     def check(self) -> None:
-        counts = ("vocab_size", "batch_size", "max_steps", "eval_every", "save_every", "keep_checkpoints", "log_every")
-        for name in counts:
-            POSITIVE_INT.check(name, getattr(self, name))
-        for name in ("block_size", "micro_batch_size", "eval_blocks"):
-            POSITIVE_INT.check(name, getattr(self, name), optional=True)
-        for name in ("learning_rate", "adam_eps", "max_grad_norm"):
-            POSITIVE.check(name, getattr(self, name))
-        NON_NEGATIVE.check("weight_decay", self.weight_decay)
-        PROPORTION.check("final_lr_ratio", self.final_lr_ratio)
-        SHARE.check("val_fraction", self.val_fraction)
-        SEED.check("seed", self.seed)
-        POSITIVE.check("peak_tflops", self.peak_tflops, optional=True)
+        check_ranges(self)
+        POSITIVE.check("adam_eps", self.adam_eps)
         if len(self.adam_betas) != 2 or not all(SHARE.contains(beta) for beta in self.adam_betas):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}")
-        if self.mixed_precision not in (None, *MIXED_PRECISION):
-            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        if self.invalid_utf8 not in INVALID_UTF8_POLICIES:
-            raise ValueError(f"invalid_utf8 must be one of {INVALID_UTF8_POLICIES}, got {self.invalid_utf8!r}")
         if not self.data:
             raise ValueError("no training data given")
 
