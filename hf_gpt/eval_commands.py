@@ -11,7 +11,7 @@ from typing import Any
 from .evaluation import evaluate_task, perplexity, results_record, results_table
 from .fewshot import FewShotTask, check_shots, read_task
 from .files import check_output_file, read_text_file, write_output_file
-from .generate import load_for_generation
+from .loading import load_causal_lm
 from .synthetic_tasks import DEFAULT_TEST_SIZE, DEFAULT_TRAIN_SIZE, TASK_NAMES, make_task
 
 
@@ -47,7 +47,7 @@ def eval_perplexity(
     """Perplexity of each file as one document; prints the figures and, with `output`, writes them as JSON."""
     results_file = ResultsFile(output, "hf-gpt eval perplexity", [model, *files]) if output else None
     texts = read_texts(files)
-    lm, tokenizer = load_for_generation(model, trust_remote_code)
+    lm, tokenizer = load_causal_lm(model, trust_remote_code)
     result = perplexity(lm, tokenizer, texts, block_size=block_size, stride=stride, batch_size=batch_size)
     figures = result.as_dict()
     print(f"{model}: {len(texts)} file(s), {result.tokens:,} tokens, block {result.block_size}, stride {result.stride}")
@@ -114,7 +114,7 @@ def eval_fewshot(
     )
     for count in shots:  # before loading the model: a task without enough train examples fails fast
         check_shots(loaded, count)
-    lm, tokenizer = load_for_generation(model, trust_remote_code)
+    lm, tokenizer = load_causal_lm(model, trust_remote_code)
     options = {"seed": seed, "batch_size": batch_size, "limit": limit}
     results = [evaluate_task(lm, tokenizer, loaded, count, **options) for count in shots]
     print(results_table(loaded, results))

@@ -33,7 +33,8 @@ from .modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassificati
 from .optimization import make_optimizer
 from .options import check_ranges, option
 from .ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, POSITIVE_INT, PROPORTION, SEED
-from .tasks import TASK_NAMES, Task, add_task_tokens, encode_example, get_task, read_records, task_examples
+from .records import read_records
+from .tasks import TASK_NAMES, Task, add_task_tokens, encode_example, get_task, task_examples
 from .training import TrainingDiverged
 from .training_setup import MIXED_PRECISION
 

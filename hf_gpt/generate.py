@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
 
-from .files import looks_local, weights_as_value_errors
-
-
-def load_for_generation(
-    model: str | os.PathLike, trust_remote_code: bool = False
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (on the GPU when there is one, in eval mode) and its tokenizer."""
-    if looks_local(model) and not Path(model).is_dir():  # at once, rather than after the Hub's retries
-        raise FileNotFoundError(f"model folder {model} does not exist")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(str(model), trust_remote_code=trust_remote_code)
-    with weights_as_value_errors(model):
-        lm = AutoModelForCausalLM.from_pretrained(str(model), trust_remote_code=trust_remote_code)
-    return lm.to(device).eval(), tokenizer
+from .loading import load_causal_lm
 
 
 def sample(
@@ -75,5 +61,5 @@ def sample(
 
 def generate(model: str | os.PathLike, prompt: str, *, trust_remote_code: bool = False, **options) -> list[str]:
     """Load `model` and `sample` from it (see `sample` for the options)."""
-    lm, tokenizer = load_for_generation(model, trust_remote_code)
+    lm, tokenizer = load_causal_lm(model, trust_remote_code)
     return sample(lm, tokenizer, prompt, **options)

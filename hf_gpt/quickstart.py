@@ -112,9 +112,10 @@ def quickstart(output_dir: str | os.PathLike = "hf-gpt-quickstart", max_steps: i
 
 
 def show_samples(model_dir: Path) -> None:
-    from .generate import load_for_generation, sample
+    from .generate import sample
+    from .loading import load_causal_lm
 
-    lm, tokenizer = load_for_generation(model_dir)
+    lm, tokenizer = load_causal_lm(model_dir)
     print("\nSamples (top-k 50):")
     for index, prompt in enumerate(PROMPTS):
         print()

@@ -8,7 +8,8 @@ from conftest import seeded, tiny_config
 from test_tokenizer import console_script
 
 from hf_gpt import HfGptForCausalLM
-from hf_gpt.generate import load_for_generation, sample
+from hf_gpt.generate import sample
+from hf_gpt.loading import load_causal_lm
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def model_dir(tmp_path_factory, trained_tokenizer):
 
 
 def greedy_continuation(model_dir, prompt: str, new_tokens: int) -> str:
-    lm, tokenizer = load_for_generation(model_dir)
+    lm, tokenizer = load_causal_lm(model_dir)
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
     out = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
@@ -40,7 +41,7 @@ def test_cli_prints_the_greedy_continuation(model_dir):
 
 
 def test_samples_stream_one_by_one_and_follow_the_seed(model_dir, capsys):
-    lm, tokenizer = load_for_generation(model_dir)
+    lm, tokenizer = load_causal_lm(model_dir)
     first = sample(lm, tokenizer, "It was", max_new_tokens=10, num_return_sequences=2, seed=5, top_p=0.9)
     printed = capsys.readouterr().out
     assert printed.count("--- sample") == 2 and all(text in printed for text in first)
@@ -57,7 +58,7 @@ def test_samples_stream_one_by_one_and_follow_the_seed(model_dir, capsys):
     ],
 )
 def test_bad_sampling_options_are_named(model_dir, options, message):
-    lm, tokenizer = load_for_generation(model_dir)
+    lm, tokenizer = load_causal_lm(model_dir)
     with pytest.raises(ValueError, match=message):
         sample(lm, tokenizer, "x", **options)
 

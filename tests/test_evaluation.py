@@ -24,7 +24,7 @@ from hf_gpt.evaluation import (
     sliding_windows,
 )
 from hf_gpt.fewshot import COMPLETION, MULTIPLE_CHOICE, FewShotTask, build_prompt, choose_shots, read_task
-from hf_gpt.generate import load_for_generation
+from hf_gpt.loading import load_causal_lm
 
 DOCUMENT = " ".join(TEXT[:5])
 
@@ -224,7 +224,7 @@ def test_cli_fewshot_on_a_task_file_and_a_builtin_task(model_dir, tmp_path, caps
 
 def test_any_causal_lm_folder_scores_alike(model_dir, model, tokenizer, tmp_path):
     """The same weights as transformers' GPT2LMHeadModel (exported, no custom code) give the same figures."""
-    gpt2, gpt2_tokenizer = load_for_generation(export_gpt2(str(model_dir), str(tmp_path / "gpt2")))
+    gpt2, gpt2_tokenizer = load_causal_lm(export_gpt2(str(model_dir), str(tmp_path / "gpt2")))
     assert type(gpt2).__name__ == "GPT2LMHeadModel"
     ours = perplexity(model, tokenizer, [DOCUMENT], block_size=16, stride=4)
     theirs = perplexity(gpt2, gpt2_tokenizer, [DOCUMENT], block_size=16, stride=4)
