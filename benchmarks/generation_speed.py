@@ -18,7 +18,7 @@ import transformers
 from reference import benchmark_config, matched_pair, timed
 
 import hf_gpt
-from hf_gpt.decoding import StaticDecoder
+from hf_gpt.generation.static_decoder import StaticDecoder
 from hf_gpt.machine import device_name
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -48,9 +48,9 @@ def main() -> None:
     import transformers
 
     import hf_gpt
-    from hf_gpt.data import prepare_data
-    from hf_gpt.tokenizer import train_bpe_tokenizer
-    from hf_gpt.training import pretrain
+    from hf_gpt.data.tokenizer import train_bpe_tokenizer
+    from hf_gpt.data.tokens import prepare_data
+    from hf_gpt.train.pretraining import pretrain
 
     text = args.data.read_text(encoding="utf-8")
     cut = int(len(text) * 0.9)

@@ -3,7 +3,7 @@
     python benchmarks/tokenizer_speed.py [--corpus FILE] [--megabytes 100] [--threads N] [--diverse]
 
 On the same text (the corpus repeated to --megabytes) and the same number of threads it times
-1. tokenizer training: `hf_gpt.tokenizer.train_bpe_tokenizer` vs transformers' `train_new_from_iterator`
+1. tokenizer training: `hf_gpt.data.tokenizer.train_bpe_tokenizer` vs transformers' `train_new_from_iterator`
    on a GPT-2-style fast tokenizer (fed batches of 1000 lines, the documented pattern);
 2. encoding: `hf_gpt.data.prepare_data` end to end (read, encode, write) vs tiktoken's
    `encode_ordinary_batch` on the text already in memory, with an `Encoding` built from GPT-2's split
@@ -66,7 +66,7 @@ def tiktoken_encoding(tokenizer):
     """A tiktoken Encoding with the trained vocabulary: ranks are ids, tokens are their bytes."""
     import tiktoken
 
-    from hf_gpt.encoding import gpt2_bytes_to_unicode
+    from hf_gpt.data.encoding import gpt2_bytes_to_unicode
 
     to_byte = {char: byte for byte, char in gpt2_bytes_to_unicode().items()}
     specials = set(tokenizer.all_special_tokens)
@@ -84,9 +84,9 @@ def main() -> None:
     from transformers import GPT2TokenizerFast
 
     import hf_gpt
-    from hf_gpt.data import prepare_data, read_manifest
-    from hf_gpt.documents import cut_document
-    from hf_gpt.tokenizer import train_bpe_tokenizer
+    from hf_gpt.data.documents import cut_document
+    from hf_gpt.data.tokenizer import train_bpe_tokenizer
+    from hf_gpt.data.tokens import prepare_data, read_manifest
 
     work = Path(tempfile.mkdtemp(prefix="hf_gpt_bench_"))
     if args.diverse:

@@ -12,10 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from transformers import GPT2Config, GPT2LMHeadModel
-
-from hf_gpt import HfGptConfig, HfGptForCausalLM
-from hf_gpt.converting import (
+from hf_gpt.conversion.common import (
     check_same_logits,
     largest_difference,
     load_exactly,
@@ -26,6 +23,9 @@ from hf_gpt.converting import (
     transpose_projections,
     write_converted,
 )
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from hf_gpt import HfGptConfig, HfGptForCausalLM
 from hf_gpt.files import weights_as_value_errors
 
 SHARED_FIELDS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "activation_function",

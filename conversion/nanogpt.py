@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import torch
+from hf_gpt.conversion.common import load_exactly, load_pickled_weights, run_converter, strip_prefix, write_converted
 
 from hf_gpt import HfGptConfig, HfGptForCausalLM
-from hf_gpt.converting import load_exactly, load_pickled_weights, run_converter, strip_prefix, write_converted
 
 GPT2_END_OF_TEXT = 50256
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")

@@ -10,10 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from transformers import OpenAIGPTLMHeadModel
-
-from hf_gpt import HfGptConfig, HfGptForCausalLM
-from hf_gpt.converting import (
+from hf_gpt.conversion.common import (
     check_same_logits,
     largest_difference,
     load_exactly,
@@ -25,6 +22,9 @@ from hf_gpt.converting import (
     transpose_projections,
     write_converted,
 )
+from transformers import OpenAIGPTLMHeadModel
+
+from hf_gpt import HfGptConfig, HfGptForCausalLM
 
 RENAMES = {"tokens_embed.": "wte.", "positions_embed.": "wpe."}
 # transformers' OpenAIGPT ACT_FNS as our activation_function: its "gelu" is the tanh approximation (gelu_new, as

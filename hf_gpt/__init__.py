@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from .configuration_hf_gpt import PRESETS, HfGptConfig
-from .decoding import StaticDecoder
+from .generation.static_decoder import StaticDecoder
 from .modeling_hf_gpt import (
     HfGptDoubleHeadsModel,
     HfGptForCausalLM,

@@ -24,7 +24,7 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_corpus_options(parser: argparse.ArgumentParser) -> None:
-    from .documents import CorpusOptions
+    from .data.documents import CorpusOptions
 
     add_arguments(parser, CorpusOptions)
 
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="optimizer steps (default: about 3 minutes on 2 cores)",
     )
 
-    from .converting import FORMATS, add_conversion_arguments
+    from .conversion.common import FORMATS, add_conversion_arguments
 
     convert = commands.add_parser(
         "convert",
@@ -127,7 +127,7 @@ def add_val_input_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_pretrain_parser(commands) -> None:
-    from .training_setup import PretrainArguments
+    from .train.pretraining_setup import PretrainArguments
 
     p = commands.add_parser(
         "pretrain",
@@ -139,7 +139,7 @@ def add_pretrain_parser(commands) -> None:
 
 
 def add_finetune_parser(commands) -> None:
-    from .finetuning import FinetuneArguments
+    from .train.finetuning import FinetuneArguments
 
     p = commands.add_parser(
         "finetune",
@@ -268,7 +268,7 @@ def add_estimate_parser(commands) -> None:
 def run(args: argparse.Namespace) -> None:
     common = {name: getattr(args, name, None) for name in ("text_field", "split", "invalid_utf8", "overwrite")}
     if args.command == "train-tokenizer":
-        from .tokenizer import train_bpe_tokenizer
+        from .data.tokenizer import train_bpe_tokenizer
 
         train_bpe_tokenizer(
             args.inputs,
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> None:
             **common,
         )
     elif args.command == "prepare-data":
-        from .data import prepare_data
+        from .data.tokens import prepare_data
 
         prepare_data(
             args.inputs,
@@ -292,16 +292,16 @@ def run(args: argparse.Namespace) -> None:
             **common,
         )
     elif args.command == "pretrain":
-        from .training import pretrain
-        from .training_setup import PretrainArguments
+        from .train.pretraining import pretrain
+        from .train.pretraining_setup import PretrainArguments
 
         pretrain(from_namespace(PretrainArguments, args))
     elif args.command == "finetune":
-        from .finetuning import FinetuneArguments, finetune
+        from .train.finetuning import FinetuneArguments, finetune
 
         finetune(from_namespace(FinetuneArguments, args))
     elif args.command == "generate":
-        from .generate import generate
+        from .generation.sampling import generate
 
         if not args.prompt.isascii():  # the shell hands undecodable bytes over as surrogates
             try:
@@ -315,7 +315,7 @@ def run(args: argparse.Namespace) -> None:
         )
     elif args.command == "estimate":
         from .estimate import estimate, format_estimate, parse_count
-        from .training_setup import load_config, parse_overrides
+        from .train.pretraining_setup import load_config, parse_overrides
 
         config = load_config(args.model, parse_overrides(args.model_overrides))
         tokens = None if args.tokens is None else parse_count(args.tokens, "--tokens")
@@ -325,12 +325,12 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "eval":
         run_eval(args)
     elif args.command == "push":
-        from .hub import push
+        from .hub.push import push
 
         options = ("private", "revision", "commit_message", "license", "language", "include")
         push(args.folder, args.repo_id, **{name: getattr(args, name) for name in options})
     elif args.command == "convert":
-        from .converting import convert, directions_of
+        from .conversion.common import convert, directions_of
 
         directions = directions_of(args.format)
         if args.direction not in directions:
@@ -343,11 +343,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> None:
-    from .eval_commands import eval_fewshot, eval_perplexity, parse_shots
+    from .eval.commands import eval_fewshot, eval_perplexity, parse_shots
 
     if args.eval_command == "export-lm-eval":
-        from .eval_commands import load_fewshot_task
-        from .lm_eval_tasks import export_lm_eval_task
+        from .eval.commands import load_fewshot_task
+        from .eval.lm_eval_export import export_lm_eval_task
 
         options = {"seed": args.seed, "words_file": args.words, "description": args.description}
         task = load_fewshot_task(args.task, **options)

@@ -17,8 +17,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .files import check_output_dir
-from .training import Trainer
-from .training_setup import PretrainArguments
+from .train.pretraining import Trainer
+from .train.pretraining_setup import PretrainArguments
 
 # Not prose, or not the standard library proper.
 SKIPPED_PARTS = {"site-packages", "dist-packages", "__pycache__", "idlelib", "lib2to3", "turtledemo", "ensurepip"}
@@ -112,8 +112,8 @@ def quickstart(output_dir: str | os.PathLike = "hf-gpt-quickstart", max_steps: i
 
 
 def show_samples(model_dir: Path) -> None:
-    from .generate import sample
-    from .loading import load_causal_lm
+    from .generation.loading import load_causal_lm
+    from .generation.sampling import sample
 
     lm, tokenizer = load_causal_lm(model_dir)
     print("\nSamples (top-k 50):")

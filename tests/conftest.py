@@ -147,7 +147,7 @@ def varied_text(seed: int, words: int) -> str:
 @pytest.fixture(scope="session")
 def trained_tokenizer_dir(tmp_path_factory):
     """A tokenizer trained with our own trainer on varied text, saved as a folder."""
-    from hf_gpt.tokenizer import train_bpe_tokenizer
+    from hf_gpt.data.tokenizer import train_bpe_tokenizer
 
     corpus = tmp_path_factory.mktemp("corpus") / "varied.txt"
     corpus.write_text("\n".join(varied_text(seed, 400) for seed in range(20)), encoding="utf-8")

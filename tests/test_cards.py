@@ -7,7 +7,7 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
 from hf_gpt import HfGptConfig
-from hf_gpt.cards import render_card, template_path, write_card
+from hf_gpt.hub.cards import render_card, template_path, write_card
 
 
 def test_template_ships_with_the_package():

@@ -8,8 +8,8 @@ from conftest import seeded, tiny_config
 from test_tokenizer import console_script
 
 from hf_gpt import HfGptForCausalLM
-from hf_gpt.generate import sample
-from hf_gpt.loading import load_causal_lm
+from hf_gpt.generation.loading import load_causal_lm
+from hf_gpt.generation.sampling import sample
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import torch
 from conftest import varied_text
 from test_tokenizer import assert_nothing_written, console_script
 
-from hf_gpt.data import TokenBlocks, prepare_data, read_manifest, token_dtype
-from hf_gpt.tokenizer import tokenizer_from_gpt2_files
+from hf_gpt.data.tokenizer import tokenizer_from_gpt2_files
+from hf_gpt.data.tokens import TokenBlocks, prepare_data, read_manifest, token_dtype
 
 
 def encode_plain(tokenizer, text):
@@ -300,9 +300,9 @@ def dying_encode(texts, dtype):
 
 
 def test_a_dead_worker_stops_the_run_with_a_clear_error(trained_tokenizer, tmp_path, monkeypatch):
-    import hf_gpt.data
+    import hf_gpt.data.tokens
 
-    monkeypatch.setattr(hf_gpt.data, "_encode_texts", dying_encode)
+    monkeypatch.setattr(hf_gpt.data.tokens, "_encode_texts", dying_encode)
     corpus = tmp_path / "docs.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["fine"] * 10 + ["KILLME"]), encoding="utf-8")
     with pytest.raises(RuntimeError, match="worker process died"):

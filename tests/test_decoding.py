@@ -10,7 +10,7 @@ import torch
 from conftest import seeded, tiny_config
 
 from hf_gpt import HfGptForCausalLM, HfGptForSequenceClassification
-from hf_gpt.decoding import StaticDecoder
+from hf_gpt.generation.static_decoder import StaticDecoder
 
 pytestmark = pytest.mark.model
 PAD = 1

@@ -9,7 +9,7 @@ from hf_gpt import PRESETS, HfGptConfig, HfGptForCausalLM
 from hf_gpt.cli import main
 from hf_gpt.counting import META_COUNT_MAX_LAYERS, count_parameters, parameter_counts
 from hf_gpt.estimate import estimate, parse_count
-from hf_gpt.training_setup import load_config
+from hf_gpt.train.pretraining_setup import load_config
 
 SMALL_PRESETS = [name for name in PRESETS if name.endswith("-tiny") or name in ("gpt1", "gpt2", "gpt3-small")]
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from hf_gpt import HfGptForCausalLM
 from hf_gpt.cli import main
-from hf_gpt.evaluation import (
+from hf_gpt.eval.fewshot import COMPLETION, MULTIPLE_CHOICE, FewShotTask, build_prompt, choose_shots, read_task
+from hf_gpt.eval.scoring import (
     ScoreRequest,
     encode_pair,
     evaluate_task,
@@ -23,8 +24,7 @@ from hf_gpt.evaluation import (
     score,
     sliding_windows,
 )
-from hf_gpt.fewshot import COMPLETION, MULTIPLE_CHOICE, FewShotTask, build_prompt, choose_shots, read_task
-from hf_gpt.loading import load_causal_lm
+from hf_gpt.generation.loading import load_causal_lm
 
 DOCUMENT = " ".join(TEXT[:5])
 
@@ -274,7 +274,7 @@ def test_accuracy_rises_with_shots_on_a_model_trained_for_it(tmp_path):
     """Zero-shot, the model can only guess: over four tasks whose answers are each label in turn its
     accuracies add up to exactly 1. One shot shows the task's label, and a model trained on such
     documents copies it."""
-    from hf_gpt.tokenizer import train_bpe_tokenizer
+    from hf_gpt.data.tokenizer import train_bpe_tokenizer
 
     documents = label_documents(2000)
     corpus = tmp_path / "corpus.txt"
@@ -319,7 +319,7 @@ def test_an_answer_merging_into_its_context_is_named(model, tokenizer):
 
 
 def test_perplexity_counts_the_bytes_on_disk(tmp_path):
-    from hf_gpt.eval_commands import read_texts
+    from hf_gpt.eval.commands import read_texts
 
     crlf = tmp_path / "crlf.txt"
     crlf.write_bytes(b"one line\r\nanother line\r\n")

@@ -13,9 +13,9 @@ from test_tokenizer import console_script
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 from hf_gpt import HfGptDoubleHeadsModel, HfGptForCausalLM
-from hf_gpt.finetuning import FinetuneArguments, finetune, task_forward
-from hf_gpt.tasks import DELIMITER, EXTRACT, START, add_task_tokens, get_task
-from hf_gpt.training import TrainingDiverged
+from hf_gpt.train.finetuning import FinetuneArguments, finetune, task_forward
+from hf_gpt.train.pretraining import TrainingDiverged
+from hf_gpt.train.task_transforms import DELIMITER, EXTRACT, START, add_task_tokens, get_task
 
 WORDS = "the a quick brown fox jumps over lazy dog cat sat on mat it was best of times".split()
 

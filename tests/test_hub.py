@@ -14,7 +14,7 @@ from huggingface_hub import HfApi
 from test_tokenizer import console_script
 
 from hf_gpt import HfGptForCausalLM
-from hf_gpt.model_folder import generation_defaults
+from hf_gpt.hub.model_folder import generation_defaults
 
 pytest_plugins = ["hub_server"]
 
@@ -47,7 +47,7 @@ def push_here(hub, monkeypatch):
     """hf_gpt.hub.push in this process, as alice, to the test hub (HfApi reads the endpoint when it is built)."""
     from huggingface_hub import constants
 
-    from hf_gpt.hub import push as push_folder
+    from hf_gpt.hub.push import push as push_folder
 
     monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
     return functools.partial(push_folder, token=hub.token("alice"))
@@ -153,7 +153,7 @@ def test_a_connection_lost_mid_upload_is_reported_and_changes_nothing(hub, model
 
 
 def test_folders_that_would_not_load_are_refused(tmp_path, model_folder):
-    from hf_gpt.hub import push as push_folder
+    from hf_gpt.hub.push import push as push_folder
 
     (model_folder / "modeling_hf_gpt.py").unlink()
     with pytest.raises(FileNotFoundError, match="auto_map needs modeling_hf_gpt.py"):
@@ -232,7 +232,7 @@ def test_include_adds_files_but_never_pickles(hub, model_folder, tmp_path, push_
 
 
 def test_a_long_left_out_list_is_cut_and_counted():
-    from hf_gpt.hub import summary
+    from hf_gpt.hub.push import summary
 
     names = [f"checkpoints/step-{i}/optimizer.bin" for i in range(50)] + [f"notes-{i:02}.txt" for i in range(12)]
     shown = ", ".join(f"notes-{i:02}.txt" for i in range(9))

@@ -1,5 +1,5 @@
 """lm-evaluation-harness runs our model folders (`--model hf ... trust_remote_code=True`) offline, from tasks
-that `hf-gpt eval export-lm-eval` writes, and scores them as `hf_gpt.evaluation` does."""
+that `hf-gpt eval export-lm-eval` writes, and scores them as `hf_gpt.eval.scoring` does."""
 
 import json
 import os
@@ -11,9 +11,9 @@ import pytest
 from conftest import TEXT, seeded, tiny_config
 
 from hf_gpt import HfGptForCausalLM
-from hf_gpt.evaluation import evaluate_task, greedy_completions, log_likelihoods, perplexity
-from hf_gpt.fewshot import COMPLETION, MULTIPLE_CHOICE, FewShotTask, build_prompt
-from hf_gpt.lm_eval_tasks import export_lm_eval_task
+from hf_gpt.eval.fewshot import COMPLETION, MULTIPLE_CHOICE, FewShotTask, build_prompt
+from hf_gpt.eval.lm_eval_export import export_lm_eval_task
+from hf_gpt.eval.scoring import evaluate_task, greedy_completions, log_likelihoods, perplexity
 
 pytestmark = pytest.mark.lm_eval
 pytest.importorskip("lm_eval", reason="needs lm-eval (pip install '.[dev]')")

@@ -15,7 +15,7 @@ from conftest import seeded, tiny_config
 from hf_gpt import HfGptForCausalLM
 from hf_gpt.cli import main
 from hf_gpt.files import RECORD, atomic_directory, check_output_dir, read_record, write_record
-from hf_gpt.training_setup import PretrainArguments
+from hf_gpt.train.pretraining_setup import PretrainArguments
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
@@ -291,7 +291,7 @@ def test_a_refused_seed_leaves_no_run_folder(tmp_path, capsys, corpus, trained_t
 
 
 def test_a_too_small_vocabulary_is_refused_and_every_change_is_printed(tmp_path, capsys, trained_tokenizer):
-    from hf_gpt.training_setup import build_config
+    from hf_gpt.train.pretraining_setup import build_config
 
     small = tmp_path / "small.json"
     small.write_text(json.dumps(tiny_config(vocab_size=100, bos_token_id=0, eos_token_id=0).to_dict()))
@@ -412,12 +412,12 @@ def test_a_prompt_of_invalid_utf8_is_one_line(capsys, model_dir):
 def test_a_full_disk_is_an_environment_failure(tmp_path, capsys, corpus, monkeypatch):
     import errno
 
-    import hf_gpt.tokenizer
+    import hf_gpt.data.tokenizer
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(hf_gpt.tokenizer.PreTrainedTokenizerFast, "save_pretrained", full)
+    monkeypatch.setattr(hf_gpt.data.tokenizer.PreTrainedTokenizerFast, "save_pretrained", full)
     code, err = run_cli(capsys, "train-tokenizer", corpus, "--vocab-size", "300", "--output", tmp_path / "tok")
     assert code == 1 and f"No space left on device (writing {tmp_path / 'tok'})" in one_line(err)
     assert list(tmp_path.iterdir()) == [corpus]  # the staging folder went with the failure
@@ -527,7 +527,7 @@ def test_an_existing_output_under_a_read_only_parent_is_replaced_in_place(tmp_pa
      ({"model_max_length": 0}, "model_max_length must be an integer >= 1")],
 )  # fmt: skip
 def test_the_library_refuses_the_same_numbers(tmp_path, corpus, options, message):
-    from hf_gpt.tokenizer import train_bpe_tokenizer
+    from hf_gpt.data.tokenizer import train_bpe_tokenizer
 
     with pytest.raises(ValueError, match=message):
         train_bpe_tokenizer([corpus], 300, tmp_path / "tok", show_progress=False, **options)

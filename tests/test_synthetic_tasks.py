@@ -8,8 +8,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from hf_gpt.fewshot import COMPLETION, build_prompt
-from hf_gpt.synthetic_tasks import (
+from hf_gpt.eval.fewshot import COMPLETION, build_prompt
+from hf_gpt.eval.synthetic import (
     DEFAULT_TEST_SIZE,
     DEFAULT_TRAIN_SIZE,
     TASK_NAMES,

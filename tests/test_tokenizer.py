@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
-from hf_gpt.encoding import CachedEncoder, gpt2_bytes_to_unicode, is_gpt2_byte_level
-from hf_gpt.tokenizer import (
+from hf_gpt.data.encoding import CachedEncoder, gpt2_bytes_to_unicode, is_gpt2_byte_level
+from hf_gpt.data.tokenizer import (
     SEPARATOR,
     tokenizer_fingerprint,
     tokenizer_from_gpt2_files,
@@ -176,7 +176,7 @@ def test_trains_from_jsonl_parquet_and_dataset_objects(tmp_path):
 
 def test_streams_in_bounded_pieces(tmp_path, monkeypatch):
     """Training never holds more than a piece of text at once (memory flat for corpora beyond RAM)."""
-    from hf_gpt import documents
+    from hf_gpt.data import documents
 
     big = tmp_path / "big.txt"
     big.write_text("word " * 200_000, encoding="utf-8")  # one 1 MB document

@@ -24,12 +24,12 @@ from test_tokenizer import console_script
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from hf_gpt import HfGptConfig, HfGptForCausalLM
-from hf_gpt.checkpoints import complete_checkpoints
 from hf_gpt.cli import main
-from hf_gpt.data import prepare_data
-from hf_gpt.optimization import parameter_groups, warmup_cosine
-from hf_gpt.training import SamplePositions, TrainingDiverged, pretrain
-from hf_gpt.training_setup import PretrainArguments, build_config
+from hf_gpt.data.tokens import prepare_data
+from hf_gpt.train.checkpoints import complete_checkpoints
+from hf_gpt.train.optimization import parameter_groups, warmup_cosine
+from hf_gpt.train.pretraining import SamplePositions, TrainingDiverged, pretrain
+from hf_gpt.train.pretraining_setup import PretrainArguments, build_config
 
 NO_DROPOUT = ["--set", "embd_pdrop=0", "--set", "attn_pdrop=0", "--set", "resid_pdrop=0"]
 
@@ -384,7 +384,7 @@ def test_ctrl_c_saves_a_loadable_model(tmp_path, prepared, trained_tokenizer_dir
 # `hf-gpt pretrain ...` killed for real (SIGKILL) at the worst moment: its last checkpoint saved, its model not yet.
 KILLED_BEFORE_THE_MODEL = """
 import os, signal, sys
-from hf_gpt import training
+from hf_gpt.train import pretraining as training
 training.Trainer.save_model = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
 from hf_gpt.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -536,8 +536,8 @@ def test_a_training_step_reads_the_device_once_whatever_the_accumulation(tmp_pat
     """The model checks a user's token ids by reading them back from the device (a host sync on a GPU); the
     training loop's batches were checked by TokenBlocks on the CPU, so its micro steps read nothing and a step
     reads the device once (the loss, the stop flag and the gradient norm together)."""
-    from hf_gpt.interrupts import StopRequest
-    from hf_gpt.training import Trainer
+    from hf_gpt.train.interrupts import StopRequest
+    from hf_gpt.train.pretraining import Trainer
 
     trainer = Trainer(tiny_args(tmp_path, prepared, trained_tokenizer_dir, micro_batch_size=2))  # 4 micro steps
     trainer.build_model()

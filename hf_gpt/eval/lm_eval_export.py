@@ -4,7 +4,7 @@
     lm_eval --model hf --model_args pretrained=MODEL,trust_remote_code=True \\
             --include_path FOLDER --tasks NAME
 
-The YAML states the same prompt as `hf_gpt.fewshot` builds (description, example separator, target
+The YAML states the same prompt as `hf_gpt.eval.fewshot` builds (description, example separator, target
 delimiter), so lm-eval's 0-shot scores equal `hf-gpt eval fewshot`'s for the same model: multiple choice
 as `multiple_choice` (acc, acc_norm), completion as `generate_until` (greedy up to a newline, exact_match
 after stripping whitespace). With shots, lm-eval draws its own examples, so k-shot figures differ by the
@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
+from ..files import check_apart, check_output_file, write_text_atomic
 from .fewshot import MULTIPLE_CHOICE, FewShotTask, stop_strings
-from .files import check_apart, check_output_file, write_text_atomic
 
 KIND = "hf-gpt eval export-lm-eval"
 HEADER = f"# written by {KIND}\n"

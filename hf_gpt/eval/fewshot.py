@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .records import jsonl_objects
+from ..data.records import jsonl_objects
 
 MULTIPLE_CHOICE, COMPLETION = "multiple_choice", "completion"
 

@@ -29,8 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..files import read_text_file
 from .fewshot import COMPLETION, FewShotTask
-from .files import read_text_file
 
 # The paper scored 2000 test examples per arithmetic task and 10,000 per word task; these keep a CPU run short.
 DEFAULT_TEST_SIZE, DEFAULT_TRAIN_SIZE = 200, 50

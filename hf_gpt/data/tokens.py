@@ -30,10 +30,10 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
+from ..files import atomic_directory, flush_to_disk, read_json_object, write_text_atomic
+from ..machine import available_cores
 from .documents import Corpus, Piece
 from .encoding import CachedEncoder, is_gpt2_byte_level
-from .files import atomic_directory, flush_to_disk, read_json_object, write_text_atomic
-from .machine import available_cores
 from .tokenizer import backend_of, load_tokenizer, tokenizer_fingerprint
 
 MANIFEST = "manifest.json"
@@ -170,7 +170,7 @@ def prepare_data(
     overwrite: bool = False,
     val_inputs: Sequence[str | os.PathLike | Any] | str | os.PathLike | Any | None = None,
 ) -> dict:
-    """Encode `inputs` (see `hf_gpt.documents.Corpus`) into packed token files; returns the manifest.
+    """Encode `inputs` (see `hf_gpt.data.documents.Corpus`) into packed token files; returns the manifest.
 
     Validation gets whole pieces (documents, or ~16k-character stretches of long ones) spread evenly
     through the corpus, about `val_fraction` of the tokens; or, with `val_inputs`, exactly those

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .configuration_hf_gpt import HfGptConfig
+from ..configuration_hf_gpt import HfGptConfig
 
 AUTO_CLASSES = {"text-generation": "AutoModelForCausalLM", "text-classification": "AutoModelForSequenceClassification"}
 
@@ -19,7 +19,7 @@ def template_path(name: str) -> Path:
     try:
         folder = Path(str(resources.files("hf_gpt.model_cards")))
     except ModuleNotFoundError:
-        folder = Path(__file__).resolve().parent.parent / "model_cards"
+        folder = Path(__file__).resolve().parents[2] / "model_cards"
     path = folder / f"{name}.md"
     if not path.is_file():
         raise FileNotFoundError(f"model card template {path} is missing: reinstall hf_gpt")

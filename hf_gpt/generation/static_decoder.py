@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .modeling_hf_gpt import HfGptForCausalLM, check_mask_values
+from ..modeling_hf_gpt import HfGptForCausalLM, check_mask_values
 
 # Early stopping reads "have all rows finished?" back from the device; doing it every step would stall
 # the launch queue that CUDA graphs keep full, so it is read only once every this many steps.

@@ -1,4 +1,4 @@
-"""GPT-1 style fine-tuning with Accelerate: a pretrained GPT, the task transforms of `tasks.py`, no model change.
+"""GPT-1 style fine-tuning with Accelerate: a pretrained GPT, the task transforms of `task_transforms`, no model change.
 
 The loss is GPT-1's L3 = L2 (task) + λ·L1 (language modelling on the task's own inputs, through the tied
 embedding), λ = 0.5 by default; the models compute it themselves (λ is their config's lm_loss_weight, so a
@@ -25,18 +25,18 @@ from accelerate.utils import broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-from .cards import render_card
-from .counting import count_parameters
-from .files import check_output_dir, weights_as_value_errors
-from .model_folder import write_model_folder
-from .modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification
+from ..counting import count_parameters
+from ..data.records import read_records
+from ..files import check_output_dir, weights_as_value_errors
+from ..hub.cards import render_card
+from ..hub.model_folder import write_model_folder
+from ..modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification
+from ..options import check_ranges, option
+from ..ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, POSITIVE_INT, PROPORTION, SEED
 from .optimization import make_optimizer
-from .options import check_ranges, option
-from .ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, POSITIVE_INT, PROPORTION, SEED
-from .records import read_records
-from .tasks import TASK_NAMES, Task, add_task_tokens, encode_example, get_task, task_examples
-from .training import TrainingDiverged
-from .training_setup import MIXED_PRECISION
+from .pretraining import TrainingDiverged
+from .pretraining_setup import MIXED_PRECISION
+from .task_transforms import TASK_NAMES, Task, add_task_tokens, encode_example, get_task, task_examples
 
 RESULTS_FILE = "eval_results.json"
 

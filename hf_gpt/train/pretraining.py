@@ -32,16 +32,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from .cards import render_card
+from ..counting import count_parameters, flops_per_token
+from ..hub.cards import render_card
+from ..hub.model_folder import write_model_folder
+from ..machine import device_name, measured_peak_flops
+from ..modeling_hf_gpt import HfGptForCausalLM, values_checked
 from .checkpoints import latest_checkpoint, load_checkpoint, remove_unfinished, save_checkpoint
-from .counting import count_parameters, flops_per_token
 from .interrupts import StopRequest
-from .machine import device_name, measured_peak_flops
 from .metrics import MetricsLog, tracker_names
-from .model_folder import write_model_folder
-from .modeling_hf_gpt import HfGptForCausalLM, values_checked
 from .optimization import make_optimizer, make_scheduler
-from .training_setup import (
+from .pretraining_setup import (
     PretrainArguments,
     batch_shape,
     block_size_for,

@@ -19,10 +19,10 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from huggingface_hub.errors import HfHubHTTPError
 from transformers.dynamic_module_utils import get_relative_import_files
 
+from ..configuration_hf_gpt import HfGptConfig
+from ..counting import parameter_counts
+from ..files import PICKLE_SUFFIXES
 from .cards import render_card
-from .configuration_hf_gpt import HfGptConfig
-from .counting import parameter_counts
-from .files import PICKLE_SUFFIXES
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 # What a model repo needs (top-level names); the code files come from config.json's auto_map. Not finetune_args.json:

@@ -17,8 +17,8 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..files import atomic_directory
 from .cards import write_card
-from .files import atomic_directory
 
 
 def generation_defaults(config) -> GenerationConfig:

@@ -17,9 +17,9 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from ..files import atomic_directory, check_output_dir
+from ..ranges import COUNT, POSITIVE_INT
 from .documents import Corpus
-from .files import atomic_directory, check_output_dir
-from .ranges import COUNT, POSITIVE_INT
 
 SEPARATOR = "<|endoftext|>"
 BYTE_ALPHABET = 256
@@ -75,7 +75,7 @@ def train_bpe_tokenizer(
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> PreTrainedTokenizerFast:
-    """Train a GPT-2-style tokenizer on `inputs` (see `hf_gpt.documents.Corpus`), streaming the text.
+    """Train a GPT-2-style tokenizer on `inputs` (see `hf_gpt.data.documents.Corpus`), streaming the text.
 
     `vocab_size` counts everything: `<|endoftext|>`, `special_tokens`, the 256 bytes and the merges.
     With `output_dir`, the folder is written atomically and loads with `AutoTokenizer`.

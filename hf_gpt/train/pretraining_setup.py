@@ -15,13 +15,13 @@ from typing import Any
 from accelerate import Accelerator, PartialState
 from transformers import PreTrainedTokenizerBase
 
-from .configuration_hf_gpt import PRESETS, HfGptConfig
-from .data import MANIFEST, TokenBlocks, prepare_data, read_manifest
-from .documents import CorpusOptions
-from .files import check_output_dir, read_json_object, write_record, write_text_atomic
-from .options import check_ranges, option
-from .ranges import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROPORTION, SEED, SHARE
-from .tokenizer import load_tokenizer, train_bpe_tokenizer
+from ..configuration_hf_gpt import PRESETS, HfGptConfig
+from ..data.documents import CorpusOptions
+from ..data.tokenizer import load_tokenizer, train_bpe_tokenizer
+from ..data.tokens import MANIFEST, TokenBlocks, prepare_data, read_manifest
+from ..files import check_output_dir, read_json_object, write_record, write_text_atomic
+from ..options import check_ranges, option
+from ..ranges import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROPORTION, SEED, SHARE
 
 RUN_FILE = "run.json"
 MIXED_PRECISION = ("no", "fp16", "bf16")

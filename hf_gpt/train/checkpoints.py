@@ -27,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import load as accelerate_load
 
-from .files import PICKLE_SUFFIXES, read_json_object, write_text_atomic
+from ..files import PICKLE_SUFFIXES, read_json_object, write_text_atomic
 
 PATTERN = re.compile(r"step-(\d+)")
 STATE_FILE = "training_state.json"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .files import json_object, read_text_file
+from ..files import json_object, read_text_file
 
 
 def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:

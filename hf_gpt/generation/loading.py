@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .files import looks_local, weights_as_value_errors
+from ..files import looks_local, weights_as_value_errors
 
 
 def load_causal_lm(

@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .cards import render_card
-from .configuration_hf_gpt import HfGptConfig
-from .counting import count_parameters
-from .files import check_output_dir, looks_local, pickle_refusal, weights_as_value_errors
-from .model_folder import write_model_folder
+from ..configuration_hf_gpt import HfGptConfig
+from ..counting import count_parameters
+from ..files import check_output_dir, looks_local, pickle_refusal, weights_as_value_errors
+from ..hub.cards import render_card
+from ..hub.model_folder import write_model_folder
 
 KIND = "convert"  # every converter's output: one converter may replace another's earlier output
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")

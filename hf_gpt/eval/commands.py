@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .evaluation import evaluate_task, perplexity, results_record, results_table
+from ..files import check_output_file, read_text_file, write_output_file
+from ..generation.loading import load_causal_lm
 from .fewshot import FewShotTask, check_shots, read_task
-from .files import check_output_file, read_text_file, write_output_file
-from .loading import load_causal_lm
-from .synthetic_tasks import DEFAULT_TEST_SIZE, DEFAULT_TRAIN_SIZE, TASK_NAMES, make_task
+from .scoring import evaluate_task, perplexity, results_record, results_table
+from .synthetic import DEFAULT_TEST_SIZE, DEFAULT_TRAIN_SIZE, TASK_NAMES, make_task
 
 
 def read_texts(files: Sequence[str | os.PathLike]) -> list[str]:
@@ -70,7 +70,7 @@ def load_fewshot_task(
     seed: int = 0,
     description: str | None = None,
 ) -> FewShotTask:
-    """A built-in synthetic task by name (see `hf_gpt.synthetic_tasks.TASK_NAMES`), or a JSONL task file."""
+    """A built-in synthetic task by name (see `hf_gpt.eval.synthetic.TASK_NAMES`), or a JSONL task file."""
     if task in TASK_NAMES:
         sizes = {"test_size": test_size or DEFAULT_TEST_SIZE, "train_size": train_size or DEFAULT_TRAIN_SIZE}
         loaded = make_task(task, seed=seed, words_file=words_file, **sizes)

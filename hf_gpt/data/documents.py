@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .options import option
+from ..options import option
 
 READ_BYTES = 1 << 20
 INVALID_UTF8_POLICIES = ("error", "replace")
