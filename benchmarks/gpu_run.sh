@@ -4,7 +4,14 @@
 #   bash benchmarks/gpu_run.sh            (on a CPU it runs the eager benchmarks only, as a dry run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # hf_gpt from this checkout, nothing to install
+# hf_gpt from this checkout, laid out as its wheel is (conversion/ as hf_gpt.conversion, which
+# benchmarks/reference.py imports, and model_cards/ as hf_gpt.model_cards) with symlinks: nothing to install.
+site="$(mktemp -d)"
+mkdir "$site/hf_gpt"
+for entry in hf_gpt/*; do ln -s "$PWD/$entry" "$site/hf_gpt/"; done
+ln -s "$PWD/conversion" "$site/hf_gpt/conversion"
+ln -s "$PWD/model_cards" "$site/hf_gpt/model_cards"
+export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python - <<'PY'
 import torch, transformers
 print("torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())
