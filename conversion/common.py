@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..cli import add_conversion_arguments
 from ..configuration_hf_gpt import HfGptConfig
 from ..counting import count_parameters
 from ..files import check_output_dir, looks_local, pickle_refusal, weights_as_value_errors
@@ -156,30 +157,12 @@ def write_converted(
     return Path(output_dir)
 
 
-# `hf-gpt convert FORMAT ...`: each format's module in hf_gpt.conversion and its directions.
-FORMATS = {"gpt2": "gpt2", "openai-gpt": "openai_gpt", "nanogpt": "nanogpt"}
-
-
-def directions_of(format_name: str) -> dict[str, Callable]:
-    """The conversion functions of one format, by direction ("import", "export")."""
-    import importlib
-
-    return importlib.import_module(f"hf_gpt.conversion.{FORMATS[format_name]}").DIRECTIONS
-
-
 def convert(convert_fn: Callable, args: argparse.Namespace) -> Path:
     """Run one conversion from parsed `add_conversion_arguments`, the output checked before the conversion's
     work (and again when it is written)."""
     inputs = [p for p in (args.source, args.tokenizer) if p is not None]
     check_output_dir(args.output, args.overwrite, kind=KIND, inputs=inputs)
     return convert_fn(args.source, args.output, overwrite=args.overwrite, tokenizer=args.tokenizer)
-
-
-def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="checkpoint or model folder to read")
-    parser.add_argument("output", help="folder to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier converted folder")
-    parser.add_argument("--tokenizer", help="tokenizer folder to carry over (default: the source's, if it has one)")
 
 
 def run_converter(prog: str, description: str, directions: dict[str, Callable], argv: list[str] | None) -> int:
@@ -189,7 +172,7 @@ def run_converter(prog: str, description: str, directions: dict[str, Callable], 
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("direction", choices=sorted(directions))
-    add_conversion_arguments(parser)
+    add_conversion_arguments(parser)  # the same arguments as `hf-gpt convert FORMAT DIRECTION`
     args = parser.parse_args(argv)
     try:
         convert(directions[args.direction], args)

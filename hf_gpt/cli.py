@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -27,6 +28,18 @@ def add_corpus_options(parser: argparse.ArgumentParser) -> None:
     from .data.documents import CorpusOptions
 
     add_arguments(parser, CorpusOptions)
+
+
+# `hf-gpt convert FORMAT ...`: each format's converter module in hf_gpt.conversion (its DIRECTIONS).
+FORMATS = {"gpt2": "gpt2", "openai-gpt": "openai_gpt", "nanogpt": "nanogpt"}
+
+
+def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every conversion takes, for `hf-gpt convert` and `python conversion/FORMAT.py` alike."""
+    parser.add_argument("source", help="checkpoint or model folder to read")
+    parser.add_argument("output", help="folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier converted folder")
+    parser.add_argument("--tokenizer", help="tokenizer folder to carry over (default: the source's, if it has one)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -100,8 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="optimizer steps (default: about 3 minutes on 2 cores)",
     )
-
-    from .conversion.common import FORMATS, add_conversion_arguments
 
     convert = commands.add_parser(
         "convert",
@@ -330,9 +341,9 @@ def run(args: argparse.Namespace) -> None:
         options = ("private", "revision", "commit_message", "license", "language", "include")
         push(args.folder, args.repo_id, **{name: getattr(args, name) for name in options})
     elif args.command == "convert":
-        from .conversion.common import convert, directions_of
+        from .conversion.common import convert
 
-        directions = directions_of(args.format)
+        directions = importlib.import_module(f"hf_gpt.conversion.{FORMATS[args.format]}").DIRECTIONS
         if args.direction not in directions:
             raise ValueError(f"{args.format} converts only by {' and '.join(directions)}, not {args.direction}")
         convert(directions[args.direction], args)
