@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 from safetensors import SafetensorError
 
+from .data.documents import CorpusOptions, SplitOptions
 from .options import add_arguments, from_namespace
-from .ranges import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY_MASS, SEED, SHARE
+from .ranges import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY_MASS, SEED
 
 
 def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,17 +22,12 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="INPUT",
         help="text files (one document each), .jsonl/.json lines, .parquet/.arrow files, or dataset folders",
     )
-    add_corpus_options(parser)
-
-
-def add_corpus_options(parser: argparse.ArgumentParser) -> None:
-    from .data.documents import CorpusOptions
-
     add_arguments(parser, CorpusOptions)
 
 
-# `hf-gpt convert FORMAT ...`: each format's converter module in hf_gpt.conversion (its DIRECTIONS).
-FORMATS = {"gpt2": "gpt2", "openai-gpt": "openai_gpt", "nanogpt": "nanogpt"}
+# `hf-gpt convert FORMAT ...`: each format is a converter module of hf_gpt.conversion (openai-gpt: openai_gpt),
+# whose DIRECTIONS it runs.
+FORMATS = ("gpt2", "openai-gpt", "nanogpt")
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,8 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_arguments(prepare)
     prepare.add_argument("--tokenizer", required=True, help="tokenizer folder")
     prepare.add_argument("--output", required=True, help="folder for train.bin, val.bin and manifest.json")
-    prepare.add_argument("--val-fraction", type=SHARE.parse, default=0.01, help="share of tokens for validation")
-    add_val_input_option(prepare)
+    add_arguments(prepare, SplitOptions)
     prepare.add_argument(
         "--workers", type=POSITIVE_INT.parse, default=None, help="encoding processes (default: all cores)"
     )
@@ -120,21 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert a checkpoint to or from hf_gpt, checking the result's logits against the source "
         "(as `python conversion/FORMAT.py DIRECTION ...` does).",
     )
-    convert.add_argument("format", choices=list(FORMATS), help="the other side's format")
+    convert.add_argument("format", choices=FORMATS, help="the other side's format")
     convert.add_argument("direction", choices=["import", "export"], help="import: into hf_gpt; export: out of it")
     add_conversion_arguments(convert)
     return parser
-
-
-def add_val_input_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--val-input",
-        dest="val_inputs",
-        action="append",
-        default=None,
-        metavar="INPUT",
-        help="held-out input for the validation split, instead of --val-fraction (repeatable)",
-    )
 
 
 def add_pretrain_parser(commands) -> None:
@@ -293,15 +277,8 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "prepare-data":
         from .data.tokens import prepare_data
 
-        prepare_data(
-            args.inputs,
-            args.tokenizer,
-            args.output,
-            val_fraction=args.val_fraction,
-            val_inputs=args.val_inputs,
-            workers=args.workers,
-            **common,
-        )
+        split = vars(from_namespace(SplitOptions, args))
+        prepare_data(args.inputs, args.tokenizer, args.output, workers=args.workers, **split, **common)
     elif args.command == "pretrain":
         from .train.pretraining import pretrain
         from .train.pretraining_setup import PretrainArguments
@@ -343,7 +320,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "convert":
         from .conversion.common import convert
 
-        directions = importlib.import_module(f"hf_gpt.conversion.{FORMATS[args.format]}").DIRECTIONS
+        directions = importlib.import_module(f"hf_gpt.conversion.{args.format.replace('-', '_')}").DIRECTIONS
         if args.direction not in directions:
             raise ValueError(f"{args.format} converts only by {' and '.join(directions)}, not {args.direction}")
         convert(directions[args.direction], args)

@@ -530,6 +530,12 @@ def last_token_index(hidden_states, input_ids, attention_mask, pad_token_id) -> 
     return (torch.arange(length, device=device, dtype=torch.int32) * real).argmax(-1)
 
 
+def flat(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """(batch, sequences, ...) -> (batch * sequences, ...): GPT-1's multi-sequence examples (the choices of
+    multiple choice, the two orders of similarity) run through the body as sequences of their own."""
+    return None if tensor is None else tensor.flatten(0, 1)
+
+
 def gather_rows(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """states[b, index[b]] for every row b: read each sequence at one position."""
     return states[torch.arange(states.shape[0], device=states.device), index.to(states.device)]
@@ -643,13 +649,10 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
         `remove_unused_columns` reads this signature) is named here."""
         tokens = input_ids if input_ids is not None else inputs_embeds
         grouped = tokens is not None and tokens.dim() == (3 if input_ids is not None else 4)
-
-        def flat(tensor):  # (batch, sequences, ...) -> (batch * sequences, ...)
-            return tensor.flatten(0, 1) if grouped and tensor is not None else tensor
-
-        input_ids, attention_mask, position_ids, inputs_embeds = map(
-            flat, (input_ids, attention_mask, position_ids, inputs_embeds)
-        )
+        if grouped:
+            input_ids, attention_mask, position_ids, inputs_embeds, lm_labels = map(
+                flat, (input_ids, attention_mask, position_ids, inputs_embeds, lm_labels)
+            )
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -669,7 +672,7 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
         if lm_labels is not None:
             lm_logits = nn.functional.linear(hidden_states, self.transformer.wte.weight)
-            lm_loss = ForCausalLMLoss(lm_logits, flat(lm_labels), vocab_size=self.config.vocab_size)
+            lm_loss = ForCausalLMLoss(lm_logits, lm_labels, vocab_size=self.config.vocab_size)
             loss = lm_loss if loss is None else loss + self.config.lm_loss_weight * lm_loss
         return head_output(SequenceClassifierOutputWithPast, outputs, loss=loss, logits=logits)
 
@@ -800,9 +803,6 @@ class HfGptDoubleHeadsModel(HfGptPreTrainedModel):
             shape = None if tokens is None else tuple(tokens.shape)
             raise ValueError(f"expected inputs of shape (batch, num_choices, length[, hidden]), got {shape}")
         choices, length = tokens.shape[:2], tokens.shape[2]
-
-        def flat(tensor):  # (batch, num_choices, ...) -> (batch * num_choices, ...)
-            return None if tensor is None else tensor.flatten(0, 1)
 
         if mc_token_ids is not None and not torch.compiler.is_compiling():
             if tuple(mc_token_ids.shape) != tuple(choices):

@@ -25,6 +25,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..options import option
+from ..ranges import SHARE
 
 READ_BYTES = 1 << 20
 INVALID_UTF8_POLICIES = ("error", "replace")
@@ -41,6 +42,18 @@ class CorpusOptions:
         help="'error' stops at the first invalid byte, naming the file; 'replace' writes U+FFFD and counts them",
     )  # fmt: skip
     overwrite: bool = option(False, help="replace a non-empty output folder")
+
+
+@dataclass(kw_only=True)
+class SplitOptions:
+    """How prepared data gets its validation split, for `prepare-data` and `pretrain` alike (each field is also
+    its flag, see `options`)."""
+
+    val_fraction: float = option(0.01, range=SHARE, help="share of tokens for validation")
+    val_inputs: list[str] | None = option(
+        None, flag="--val-input", metavar="INPUT", repeated=lambda items: items or None,
+        help="held-out input for the validation split, instead of --val-fraction (repeatable)",
+    )  # fmt: skip
 
 
 JSONL_SUFFIXES = (".jsonl", ".json")

@@ -16,7 +16,7 @@ from accelerate import Accelerator, PartialState
 from transformers import PreTrainedTokenizerBase
 
 from ..configuration_hf_gpt import PRESETS, HfGptConfig
-from ..data.documents import CorpusOptions
+from ..data.documents import CorpusOptions, SplitOptions
 from ..data.tokenizer import load_tokenizer, train_bpe_tokenizer
 from ..data.tokens import MANIFEST, TokenBlocks, prepare_data, read_manifest
 from ..files import check_output_dir, read_json_object, write_record, write_text_atomic
@@ -34,8 +34,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 @dataclass
-class PretrainArguments(CorpusOptions):
-    """Everything `pretrain` needs (raw inputs are read as `CorpusOptions` say); each field is also its
+class PretrainArguments(CorpusOptions, SplitOptions):
+    """Everything `pretrain` needs (raw inputs are read and split as `CorpusOptions` and `SplitOptions` say); each
+    field is also its
     `hf-gpt pretrain` flag (see `options`)."""
 
     output_dir: str = option(flag="--output", help="run folder")
@@ -78,11 +79,6 @@ class PretrainArguments(CorpusOptions):
     keep_checkpoints: int = option(2, range=POSITIVE_INT, help="newest checkpoints kept")
     log_every: int = option(10, range=POSITIVE_INT, help="steps between metrics lines")
     log_with: str = option("auto", help="auto (TensorBoard if installed), none, or an Accelerate tracker")
-    val_fraction: float = option(0.01, range=SHARE, help="share of tokens for validation, for data prepared here")
-    val_inputs: list[str] | None = option(
-        None, flag="--val-input", metavar="INPUT", repeated=lambda items: items or None,
-        help="held-out input for the validation split, instead of --val-fraction (repeatable)",
-    )  # fmt: skip
     peak_tflops: float | None = option(None, range=POSITIVE, help="per-device peak for MFU (default: measured)")
     resume: bool = option(False, help="continue from the newest checkpoint in OUTPUT")
     command: str = "pretrain"  # the kind of command that owns the run folder (quickstart runs are its own)
