@@ -142,7 +142,9 @@ def add_finetune_parser(commands) -> None:
         description="Fine-tune a pretrained GPT the GPT-1 way: task inputs wrapped in start / delimiter / extract "
         "tokens, the head reading the extract token, plus an auxiliary language-modelling loss. Task files are "
         "JSONL or CSV with the columns: classification: text, label; entailment: premise, hypothesis, label; "
-        "similarity: text_a, text_b, label; multiple_choice: context, choices (a list), label (its index).",
+        "similarity: text_a, text_b, label; multiple_choice: context, choices (a list), label (its index). "
+        "Writes OUTPUT/model (save_pretrained folder with eval_results.json), OUTPUT/checkpoints and OUTPUT/logs, "
+        "as pretrain does, and runs unchanged under `accelerate launch`.",
     )
     add_arguments(p, FinetuneArguments)
 

@@ -645,8 +645,9 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
     ) -> SequenceClassifierOutputWithPast:
         r"""input_ids (batch, length), or (batch, sequences, length) to score several sequences as one example.
         lm_labels (shaped as input_ids): GPT-1's auxiliary LM targets, shifted inside; -100 is ignored.
-        kwargs: the body's other inputs (output_*). Every input transformers may look for by name (Trainer's
-        `remove_unused_columns` reads this signature) is named here."""
+        kwargs: the body's other inputs (output_*), and `num_items_in_batch` to divide the LM term's sum by instead
+        of taking its mean. Every input transformers may look for by name (Trainer's `remove_unused_columns` reads
+        this signature) is named here."""
         tokens = input_ids if input_ids is not None else inputs_embeds
         grouped = tokens is not None and tokens.dim() == (3 if input_ids is not None else 4)
         if grouped:
@@ -672,7 +673,7 @@ class HfGptForSequenceClassification(HfGptPreTrainedModel):
             loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
         if lm_labels is not None:
             lm_logits = nn.functional.linear(hidden_states, self.transformer.wte.weight)
-            lm_loss = ForCausalLMLoss(lm_logits, lm_labels, vocab_size=self.config.vocab_size)
+            lm_loss = ForCausalLMLoss(lm_logits, lm_labels, vocab_size=self.config.vocab_size, **kwargs)
             loss = lm_loss if loss is None else loss + self.config.lm_loss_weight * lm_loss
         return head_output(SequenceClassifierOutputWithPast, outputs, loss=loss, logits=logits)
 
@@ -797,7 +798,8 @@ class HfGptDoubleHeadsModel(HfGptPreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> HfGptDoubleHeadsModelOutput:
         r"""mc_token_ids (batch, num_choices): where to read each choice (default: its last real token).
-        labels (batch, num_choices, length): LM targets, shifted inside. mc_labels (batch,): the right choice."""
+        labels (batch, num_choices, length): LM targets, shifted inside. mc_labels (batch,): the right choice.
+        num_items_in_batch (in kwargs): divide the LM term's sum by it instead of taking its mean."""
         tokens = input_ids if input_ids is not None else inputs_embeds
         if tokens is None or tokens.dim() != (3 if input_ids is not None else 4):
             shape = None if tokens is None else tuple(tokens.shape)
@@ -827,7 +829,7 @@ class HfGptDoubleHeadsModel(HfGptPreTrainedModel):
 
         lm_loss = mc_loss = None
         if labels is not None:
-            lm_loss = ForCausalLMLoss(lm_logits, flat(labels), vocab_size=self.config.vocab_size)
+            lm_loss = ForCausalLMLoss(lm_logits, flat(labels), vocab_size=self.config.vocab_size, **kwargs)
         if mc_labels is not None:
             mc_loss = nn.functional.cross_entropy(mc_logits, mc_labels.to(mc_logits.device))
         if lm_loss is not None and mc_loss is not None:

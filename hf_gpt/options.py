@@ -57,8 +57,10 @@ def default_of(field: dataclasses.Field) -> Any:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One argparse argument per `option` field of the dataclass `cls`."""
-    for field, meta in options_of(cls):
+    """One argparse argument per `option` field of the dataclass `cls`: its own fields first, then those it shares
+    with other commands through its bases (which --help then lists last)."""
+    own = vars(cls).get("__annotations__", {})
+    for field, meta in sorted(options_of(cls), key=lambda item: item[0].name not in own):
         default = default_of(field)
         kwargs: dict[str, Any] = {"help": meta["help"]}
         if meta["positional"]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .files import check_output_dir
-from .train.pretraining import Trainer
+from .train.pretraining import Pretraining
 from .train.pretraining_setup import PretrainArguments
 
 # Not prose, or not the standard library proper.
@@ -104,7 +104,7 @@ def quickstart(output_dir: str | os.PathLike = "hf-gpt-quickstart", max_steps: i
         args.check()  # before the minutes of work below
         check_output_dir(output_dir, args.overwrite, kind=args.command)
         write_corpus(corpus)
-        trainer = Trainer(args)
+        trainer = Pretraining(args)
         model_dir = trainer.run()
     if trainer.accelerator.is_main_process:
         show_samples(model_dir)

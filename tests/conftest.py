@@ -1,6 +1,7 @@
 """Shared fixtures: tiny models and a tiny byte-level BPE tokenizer, built here (no downloads)."""
 
 import copy
+import socket
 
 import pytest
 import torch
@@ -44,6 +45,13 @@ def tiny_config(preset: str = "gpt2-tiny", **overrides) -> HfGptConfig:
     """
     no_dropout = {"embd_pdrop": 0.0, "attn_pdrop": 0.0, "resid_pdrop": 0.0, "classifier_dropout": 0.0}
     return HfGptConfig.from_preset(preset, **{**no_dropout, "initializer_range": 0.5, **overrides})
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def seeded(model_class, config, seed: int = 0, **kwargs):

@@ -2,19 +2,27 @@
 
 import json
 import math
+import os
 import random
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import seeded, tiny_config
+from accelerate.state import AcceleratorState
+from conftest import free_port, seeded, tiny_config
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 from test_tokenizer import console_script
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from hf_gpt import HfGptDoubleHeadsModel, HfGptForCausalLM
+from hf_gpt import HfGptConfig, HfGptDoubleHeadsModel, HfGptForCausalLM
+from hf_gpt.train.checkpoints import complete_checkpoints
 from hf_gpt.train.finetuning import FinetuneArguments, finetune, task_forward
-from hf_gpt.train.pretraining import TrainingDiverged
+from hf_gpt.train.loop import TrainingDiverged
 from hf_gpt.train.task_transforms import DELIMITER, EXTRACT, START, add_task_tokens, get_task
 
 WORDS = "the a quick brown fox jumps over lazy dog cat sat on mat it was best of times".split()
@@ -173,7 +181,7 @@ def test_cli_csv_with_renamed_columns(base_model, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "validation accuracy" in done.stdout and f"model saved to {tmp_path / 'out'}" in done.stdout
-    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize(
@@ -260,11 +268,14 @@ def test_bad_numbers_are_refused_by_name(base_model, tmp_path, override, message
 DIVERGING = dict(learning_rate=1e30, warmup_ratio=0.0, epochs=1, batch_size=4)
 
 
-def test_a_non_finite_loss_stops_before_the_update_naming_the_step(base_model, tmp_path):
+def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(base_model, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20, seed=9))  # 16 rows: 4 steps
-    with pytest.raises(TrainingDiverged, match=r"the loss is nan at step 2 of 4 \(epoch 1\); .*nothing was written"):
-        finetune(tiny_run(tmp_path, base_model, train, "classification", **DIVERGING))
-    assert not (tmp_path / "out").exists()
+    with pytest.raises(
+        TrainingDiverged, match=r"the loss is nan at step 2 of 4; training stopped, the last good checkpoint is .*01"
+    ):
+        finetune(tiny_run(tmp_path, base_model, train, "classification", save_every=1, **DIVERGING))
+    assert [p.name for p in complete_checkpoints(tmp_path / "out" / "checkpoints")] == ["step-00000001"]
+    assert not (tmp_path / "out" / "model").exists()
 
 
 def test_non_finite_weights_are_never_saved(base_model, tmp_path):
@@ -278,7 +289,7 @@ def test_non_finite_weights_are_never_saved(base_model, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", sentiment_rows(20, seed=10))
     with pytest.raises(TrainingDiverged, match=r"1 weight tensors are not finite .*wpe.weight.*nothing was written"):
         finetune(tiny_run(tmp_path, tmp_path / "base", train, "classification", epochs=1, max_length=32))
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "model").exists()
 
 
 def test_cli_exits_1_with_one_line_when_fine_tuning_diverges(base_model, tmp_path):
@@ -291,4 +302,160 @@ def test_cli_exits_1_with_one_line_when_fine_tuning_diverges(base_model, tmp_pat
     assert done.returncode == 1, done.stderr[-2000:]
     assert done.stderr.splitlines()[-1].startswith("hf-gpt finetune: the loss is nan at step 2 of 5")  # 18 rows
     assert "Traceback" not in done.stderr
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "model").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training loop's guarantees, as pretraining has them (see test_training.py)
+
+
+def varied_rows(count: int, seed: int) -> list[dict]:
+    """Sentiment rows of 1 to 12 words: sequences of unequal length, so a loss normalised per micro batch would
+    weigh tokens differently from one normalised per step."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        label = rng.choice(["positive", "negative"])
+        rows.append({"text": f"{words(rng, rng.randint(0, 6))} {'good' if label == 'positive' else 'bad'} "
+                             f"{words(rng, rng.randint(0, 5))}", "label": label})  # fmt: skip
+    return rows
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_losses(run) -> dict[int, tuple[float, float]]:
+    return {m["step"]: (m["loss"], m["lr"]) for m in metrics(run) if "loss" in m}
+
+
+def test_gradient_accumulation_gives_the_same_fine_tuning(base_model, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", varied_rows(40, seed=11))  # 32 kept: 4 steps an epoch
+    common = dict(epochs=2, batch_size=8, log_every=1, log_with="none")
+    finetune(tiny_run(tmp_path / "a", base_model, train, "classification", **common))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    finetune(tiny_run(tmp_path / "b", base_model, train, "classification", micro_batch_size=2, **common))
+    whole, accumulated = step_losses(tmp_path / "a" / "out"), step_losses(tmp_path / "b" / "out")
+    assert whole.keys() == accumulated.keys() == set(range(1, 9))
+    for step in whole:
+        assert accumulated[step][0] == pytest.approx(whole[step][0], rel=1e-5)
+        assert accumulated[step][1] == whole[step][1]
+    # Evaluated at each epoch's end, kept in the results and the metrics.
+    assert [m["step"] for m in metrics(tmp_path / "a" / "out") if "val_accuracy" in m] == [4, 8]
+    results = json.loads((tmp_path / "a" / "out" / "model" / "eval_results.json").read_text())
+    assert [(h["step"], h["epoch"]) for h in results["history"]] == [(4, 1.0), (8, 2.0)]
+
+
+@pytest.fixture(scope="module")
+def dropout_model(tmp_path_factory, trained_tokenizer):
+    """A 'pretrained' GPT with dropout everywhere: a resumed run must restore the random state to match."""
+    folder = tmp_path_factory.mktemp("finetune") / "dropout"
+    dropout = {"embd_pdrop": 0.1, "attn_pdrop": 0.1, "resid_pdrop": 0.1, "classifier_dropout": 0.1}
+    config = tiny_config(vocab_size=len(trained_tokenizer), bos_token_id=0, eos_token_id=0, initializer_range=0.02)
+    seeded(HfGptForCausalLM, HfGptConfig(**{**config.to_dict(), **dropout}), seed=0).save_pretrained(folder)
+    trained_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def cli_finetune(model, train, output, *extra) -> list[str]:
+    return [
+        console_script(), "finetune", str(model), str(train), "--task", "classification", "--output", str(output),
+        "--batch-size", "8", "--lr", "1e-3", "--warmup-ratio", "0.1", "--log-every", "1", "--log-with", "none",
+        *extra,
+    ]  # fmt: skip
+
+
+def wait_for(path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path.name} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+def weights(model_dir) -> dict[str, torch.Tensor]:
+    return load_file(model_dir / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_fine_tune(dropout_model, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", varied_rows(100, seed=12))  # 90 kept: 12 steps an epoch
+    steps = ["--epochs", "8", "--save-every", "10", "--keep-checkpoints", "2", "--micro-batch-size", "4"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run(cli_finetune(dropout_model, train, whole, *steps), check=True, capture_output=True)
+
+    process = subprocess.Popen(
+        cli_finetune(dropout_model, train, cut, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(cut / "checkpoints" / "step-00000020", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (cut / "model").exists()  # it was stopped mid-way
+    assert max(m["step"] for m in metrics(cut)) < 90
+
+    resumed = subprocess.run(
+        cli_finetune(dropout_model, train, cut, *steps, "--resume"), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    a, b = weights(whole / "model"), weights(cut / "model")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    expected = step_losses(whole)
+    for step, (loss, lr) in step_losses(cut).items():
+        assert loss == pytest.approx(expected[step][0], abs=1e-6) and lr == pytest.approx(expected[step][1])
+    # The validation history survives the kill: every epoch's end, once.
+    history = json.loads((cut / "model" / "eval_results.json").read_text())["history"]
+    assert history == json.loads((whole / "model" / "eval_results.json").read_text())["history"]
+    assert [h["step"] for h in history] == [math.ceil(90 * epoch / 8) for epoch in range(1, 9)]  # 12, 23, ... 90
+    assert [p.name for p in complete_checkpoints(cut / "checkpoints")] == ["step-00000080", "step-00000090"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_fine_tuned_model_that_loads(base_model, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", varied_rows(100, seed=13))
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        cli_finetune(base_model, train, run, "--epochs", "100000", "--save-every", "5"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_for(run / "checkpoints" / "step-00000005", process)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "interrupted at step" in stdout and f"model saved to {run / 'model'}" in stdout
+    stopped_at = int(stdout.split("interrupted at step ")[1].split(":")[0])
+    assert complete_checkpoints(run / "checkpoints")[-1].name == f"step-{stopped_at:08d}"  # resumable from there
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert "(interrupted)" in (run / "model" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_fine_tune_like_one(base_model, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", varied_rows(40, seed=14))  # 36 kept: 4.5 steps an epoch
+    steps = ["--epochs", "2", "--val-fraction", "0.1"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    subprocess.run(cli_finetune(base_model, train, single, *steps), check=True, capture_output=True)
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launch = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "-m", "hf_gpt.cli",
+    ]  # fmt: skip
+    command = launch + cli_finetune(base_model, train, double, *steps)[1:]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=tmp_path)  # installed hf_gpt
+    assert done.returncode == 0, done.stderr[-8000:]
+    assert "batch 8 = 4 x 2 processes x 1 accumulation" in done.stdout  # really two processes
+    one, two = step_losses(single), step_losses(double)
+    assert one.keys() == two.keys() == set(range(1, 10))
+    for step in one:
+        assert two[step][0] == pytest.approx(one[step][0], rel=1e-4)
+        assert two[step][1] == pytest.approx(one[step][1], rel=1e-9)  # the schedule is not sped up
+    a, b = weights(single / "model"), weights(double / "model")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4, msg=name)
+    scores = [json.loads((run / "model" / "eval_results.json").read_text())["val_accuracy"] for run in (single, double)]
+    assert scores[0] == scores[1]

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from conftest import varied_text
+from conftest import free_port, varied_text
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from test_tokenizer import console_script
@@ -27,8 +26,9 @@ from hf_gpt import HfGptConfig, HfGptForCausalLM
 from hf_gpt.cli import main
 from hf_gpt.data.tokens import prepare_data
 from hf_gpt.train.checkpoints import complete_checkpoints
-from hf_gpt.train.optimization import parameter_groups, warmup_cosine
-from hf_gpt.train.pretraining import SamplePositions, TrainingDiverged, pretrain
+from hf_gpt.train.loop import SamplePositions, TrainingDiverged
+from hf_gpt.train.optimization import lr_multiplier, parameter_groups
+from hf_gpt.train.pretraining import pretrain
 from hf_gpt.train.pretraining_setup import PretrainArguments, build_config
 
 NO_DROPOUT = ["--set", "embd_pdrop=0", "--set", "attn_pdrop=0", "--set", "resid_pdrop=0"]
@@ -94,13 +94,20 @@ def weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_warmup_then_cosine_to_ten_percent():
-    lr = [warmup_cosine(s, warmup_steps=10, total_steps=110, final_ratio=0.1) for s in range(120)]
+    lr = [lr_multiplier(s, warmup_steps=10, total_steps=110, final_ratio=0.1) for s in range(120)]
     assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)  # linear warmup
     assert all(a < b for a, b in zip(lr[:9], lr[1:10], strict=True))
     assert lr[10] == pytest.approx(1.0)
     assert lr[60] == pytest.approx(0.55)  # half way down the cosine: (1 + 0.1) / 2
     assert all(a >= b for a, b in zip(lr[10:110], lr[11:111], strict=True))
     assert lr[110] == pytest.approx(0.1) and lr[119] == pytest.approx(0.1)  # stays at the floor
+
+
+def test_warmup_then_linear_decay_to_zero_for_fine_tuning():
+    lr = [lr_multiplier(s, warmup_steps=4, total_steps=104, final_ratio=0.0, decay="linear") for s in range(110)]
+    assert lr[0] == pytest.approx(0.25) and lr[3] == pytest.approx(1.0)
+    assert lr[29] == pytest.approx(0.75) and lr[54] == pytest.approx(0.5)  # a straight line, not a cosine (0.85, 0.5)
+    assert lr[104] == 0.0 and lr[109] == 0.0
 
 
 def test_no_weight_decay_on_biases_norms_and_embeddings():
@@ -186,7 +193,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     # Adam moves every weight by about the learning rate: 1e30 makes the next forward overflow.
     args = tiny_args(tmp_path, prepared, trained_tokenizer_dir, learning_rate=1e30, warmup_steps=0, save_every=1)
     with pytest.raises(
-        TrainingDiverged, match=r"the loss is (nan|inf) at step 2; .*last good checkpoint is .*step-00000001"
+        TrainingDiverged, match=r"the loss is (nan|inf) at step 2 of 12; .*last good checkpoint is .*step-00000001"
     ):
         pretrain(args)
     assert [p.name for p in complete_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-00000001"]
@@ -385,7 +392,7 @@ def test_ctrl_c_saves_a_loadable_model(tmp_path, prepared, trained_tokenizer_dir
 KILLED_BEFORE_THE_MODEL = """
 import os, signal, sys
 from hf_gpt.train import pretraining as training
-training.Trainer.save_model = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+training.Pretraining.save_model = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
 from hf_gpt.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -499,12 +506,6 @@ def test_a_checkpoint_that_cannot_be_written_is_removed_and_reported(
 # Distributed: two real processes (gloo) against one
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path, prepared, trained_tokenizer_dir):
     steps = ["--max-steps", "8", "--save-every", "4", "--warmup-steps", "2", *NO_DROPOUT]
@@ -537,9 +538,9 @@ def test_a_training_step_reads_the_device_once_whatever_the_accumulation(tmp_pat
     training loop's batches were checked by TokenBlocks on the CPU, so its micro steps read nothing and a step
     reads the device once (the loss, the stop flag and the gradient norm together)."""
     from hf_gpt.train.interrupts import StopRequest
-    from hf_gpt.train.pretraining import Trainer
+    from hf_gpt.train.pretraining import Pretraining
 
-    trainer = Trainer(tiny_args(tmp_path, prepared, trained_tokenizer_dir, micro_batch_size=2))  # 4 micro steps
+    trainer = Pretraining(tiny_args(tmp_path, prepared, trained_tokenizer_dir, micro_batch_size=2))  # 4 micro steps
     trainer.build_model()
     loader = iter(trainer.train_loader())
     batches = iter([next(loader) for _ in range(4)])  # read ahead: the data loader's own CPU bookkeeping aside

@@ -25,8 +25,8 @@ from ..files import PICKLE_SUFFIXES
 from .cards import render_card
 
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-# What a model repo needs (top-level names); the code files come from config.json's auto_map. Not finetune_args.json:
-# it is all local paths (model, data, output folder) and the card already gives its hyperparameters.
+# What a model repo needs (top-level names); the code files come from config.json's auto_map. Not a run's arguments
+# (run.json, or an older finetune_args.json): they are all local paths, and the card already gives the hyperparameters.
 MODEL_FILES = (
     "config.json", "generation_config.json", "README.md", "eval_results.json",
     "model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json",

@@ -1,16 +1,19 @@
-"""GPT-1 style fine-tuning with Accelerate: a pretrained GPT, the task transforms of `task_transforms`, no model change.
+"""GPT-1 style fine-tuning: the training loop's driver that trains a pretrained GPT on a task, with the task
+transforms of `task_transforms` and no change to the model.
 
 The loss is GPT-1's L3 = L2 (task) + λ·L1 (language modelling on the task's own inputs, through the tied
 embedding), λ = 0.5 by default; the models compute it themselves (λ is their config's lm_loss_weight, so a
-saved model records the λ it was trained with), and this loop only passes labels. Classification, entailment
-and similarity train
-`HfGptForSequenceClassification` (which loads with AutoModelForSequenceClassification and the
-text-classification pipeline); multiple choice trains `HfGptDoubleHeadsModel`.
+saved model records the λ it was trained with), and this driver only passes labels. Classification, entailment
+and similarity train `HfGptForSequenceClassification` (which loads with AutoModelForSequenceClassification and
+the text-classification pipeline); multiple choice trains `HfGptDoubleHeadsModel`.
+
+Everything else is the loop's, as for pretraining: a global batch made up by gradient accumulation, resume,
+checkpoints, the NaN guard, Ctrl-C, metrics. Epochs become steps: the run takes ceil(epochs x examples / batch)
+steps through per-epoch permutations of the examples, and evaluates at each epoch's end.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -20,22 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
-from tqdm.auto import tqdm
-from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+from accelerate.utils import set_seed
+from transformers import AutoTokenizer
 
-from ..counting import count_parameters
 from ..data.records import read_records
-from ..files import check_output_dir, weights_as_value_errors
+from ..files import weights_as_value_errors
 from ..hub.cards import render_card
-from ..hub.model_folder import write_model_folder
+from ..machine import device_name
 from ..modeling_hf_gpt import HfGptDoubleHeadsModel, HfGptForSequenceClassification
 from ..options import check_ranges, option
 from ..ranges import NON_NEGATIVE, OPEN_UNIT, POSITIVE, POSITIVE_INT, PROPORTION, SEED
-from .optimization import make_optimizer
-from .pretraining import TrainingDiverged
-from .pretraining_setup import MIXED_PRECISION
+from .loop import TrainingLoop, TrainingOptions
 from .task_transforms import TASK_NAMES, Task, add_task_tokens, encode_example, get_task, task_examples
 
 RESULTS_FILE = "eval_results.json"
@@ -53,13 +51,14 @@ def parse_columns(items: Sequence[str]) -> dict[str, list[str]]:
 
 
 @dataclass
-class FinetuneArguments:
-    """GPT-1's fine-tuning recipe by default: 3 epochs, batch 32, lr 6.25e-5, 0.2% warmup then linear decay. Each
-    field is also its `hf-gpt finetune` flag (see `options`)."""
+class FinetuneArguments(TrainingOptions):
+    """GPT-1's fine-tuning recipe by default: 3 epochs, batch 32, lr 6.25e-5, 0.2% warmup then linear decay. The loop
+    runs as `TrainingOptions` say; each field is also its `hf-gpt finetune` flag (see `options`)."""
+
+    PATH_FIELDS = ("model", "train", "validation")
 
     model: str = option(positional=True, help="pretrained model folder (e.g. OUTPUT/model of hf-gpt pretrain)")
     train: str = option(positional=True, help="training examples (.jsonl or .csv)")
-    output_dir: str = option(flag="--output", help="folder for the fine-tuned model")
     task: str = option("classification", required=True, choices=TASK_NAMES, help="the GPT-1 task transform")
     validation: str | None = option(None, help="validation examples (default: --val-fraction of the training file)")
     val_fraction: float = option(0.1, range=OPEN_UNIT, help="share of the training rows held out for validation")
@@ -68,16 +67,17 @@ class FinetuneArguments:
         help="where a role's value is, e.g. --column text=sentence or --column choices=ending0,ending1",
     )  # fmt: skip
     epochs: int = option(3, range=POSITIVE_INT, help="passes over the training examples")
-    batch_size: int = option(32, range=POSITIVE_INT, help="examples per step, all processes")
     learning_rate: float = option(6.25e-5, range=POSITIVE, aliases=("--lr",), help="peak learning rate")
     warmup_ratio: float = option(0.002, range=PROPORTION, help="share of the steps spent warming up")
     weight_decay: float = option(0.01, range=NON_NEGATIVE, help="AdamW's, on matrices only")
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
     lm_weight: float = option(0.5, range=NON_NEGATIVE, help="λ of the auxiliary LM loss")
     max_length: int | None = option(None, range=POSITIVE_INT, help="tokens per sequence (default: the model's "
                                     "context)")  # fmt: skip
     seed: int = option(42, range=SEED, help="for the head's initial weights, dropout and data order")
-    mixed_precision: str | None = option(None, choices=MIXED_PRECISION, help="default: as `accelerate config` says")
-    overwrite: bool = option(False, help="replace an earlier model in --output")
+    overwrite: bool = option(False, help="replace an earlier fine-tuning run in --output")
+    command: str = "finetune"  # the kind of command that owns the run folder
 
     def check(self) -> None:
         get_task(self.task)  # first: it names the tasks more plainly than the range check would
@@ -102,6 +102,8 @@ def label_index(example: dict, task: Task, names: list[str], where: str) -> int:
 
 
 def encode_all(examples: list[tuple[str, dict]], task, tokenizer, names, max_length) -> list[dict]:
+    """Each example as its sequences (ids, truncated), label index, and count of LM targets (each sequence's
+    tokens but its first)."""
     if task.name == "multiple_choice":  # the choices of a batch stack into one tensor
         first, one = examples[0]
         for where, e in examples:
@@ -110,10 +112,12 @@ def encode_all(examples: list[tuple[str, dict]], task, tokenizer, names, max_len
                     f"{where}: {len(e['choices'])} choices, but {first} has {len(one['choices'])}; "
                     "every example needs the same number"
                 )
-    return [
-        {"sequences": encode_example(tokenizer, task, e, max_length), "label": label_index(e, task, names, where)}
-        for where, e in examples
-    ]
+    encoded = []
+    for where, e in examples:
+        sequences = encode_example(tokenizer, task, e, max_length)
+        encoded.append({"sequences": sequences, "label": label_index(e, task, names, where),
+                        "lm_targets": sum(len(s) - 1 for s in sequences)})  # fmt: skip
+    return encoded
 
 
 def collate(pad_id: int):
@@ -132,16 +136,20 @@ def collate(pad_id: int):
     return collate_batch
 
 
-def task_forward(model, batch, task: Task, with_lm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def task_forward(
+    model, batch, task: Task, with_lm: bool, num_items_in_batch: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores per class or choice, loss) for a padded batch. The model adds GPT-1's auxiliary LM loss, weighted by
-    its config's lm_loss_weight, when given LM targets (`with_lm`)."""
+    its config's lm_loss_weight, when given LM targets (`with_lm`): their mean, or their sum over
+    `num_items_in_batch` (transformers' name for a loss normaliser that spans micro batches and processes)."""
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     lm_labels = ids.masked_fill(mask == 0, -100) if with_lm else None  # padding is not a target
+    normaliser = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
     if task.name == "multiple_choice":
-        out = model(input_ids=ids, attention_mask=mask, labels=lm_labels, mc_labels=labels)
+        out = model(input_ids=ids, attention_mask=mask, labels=lm_labels, mc_labels=labels, **normaliser)
         return out.mc_logits, out.loss
     # (batch, sequences, length): similarity's two orders are scored together, one sequence otherwise.
-    out = model(input_ids=ids, attention_mask=mask, labels=labels, lm_labels=lm_labels)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, lm_labels=lm_labels, **normaliser)
     return out.logits, out.loss
 
 
@@ -175,7 +183,7 @@ def load_model(args: FinetuneArguments, task: Task, names: list[str], tokenizer)
 
 
 @torch.no_grad()
-def accuracy(model, loader, task, accelerator) -> float:
+def accuracy(model, loader, task: Task, accelerator) -> float:
     model.eval()
     right = []
     for batch in loader:
@@ -185,136 +193,117 @@ def accuracy(model, loader, task, accelerator) -> float:
     return torch.cat(right).float().mean().item()
 
 
-def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
-    """Fine-tune a pretrained GPT on a task file; returns the output folder (model, tokenizer, card, results)."""
-    args = args or FinetuneArguments(**kwargs)
-    args.check()
-    task = get_task(args.task)
-    check_output_dir(args.output_dir, args.overwrite, kind="finetune", inputs=finetune_inputs(args))
-    accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    if args.batch_size % accelerator.num_processes:
-        raise ValueError(
-            f"batch_size {args.batch_size} must be a multiple of the {accelerator.num_processes} processes"
-        )
-    micro_batch = args.batch_size // accelerator.num_processes
-
-    tokenizer = add_task_tokens(AutoTokenizer.from_pretrained(args.model))
-    train_rows, val_rows, val_source = split_validation(args, task)
-    names = label_names(train_rows, task)
-    if task.name != "multiple_choice" and len(names) < 2:
-        raise ValueError(f"{args.train} has a single label {names}: nothing to classify")
-    set_seed(args.seed)
-    model = load_model(args, task, names, tokenizer)
-    max_length = args.max_length or model.config.max_position_embeddings
-    if max_length > model.config.max_position_embeddings:
-        raise ValueError(
-            f"max_length {max_length} exceeds the model's context ({model.config.max_position_embeddings})"
-        )
-    train = encode_all(train_rows, task, tokenizer, names, max_length)
-    val = encode_all(val_rows, task, tokenizer, names, max_length)
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    generator = torch.Generator().manual_seed(args.seed)
-    train_loader = torch.utils.data.DataLoader(
-        train, batch_size=micro_batch, shuffle=True, collate_fn=collate(pad), generator=generator
-    )
-    val_loader = torch.utils.data.DataLoader(val, batch_size=micro_batch, collate_fn=collate(pad))
-    optimizer = make_optimizer(model, args.learning_rate, args.weight_decay, (0.9, 0.999), 1e-8, accelerator.device)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    total = args.epochs * len(train_loader)
-    # Not prepared: Accelerate would step it once per process (see optimization.make_scheduler).
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(args.warmup_ratio * total), total)
-
-    accelerator.print(
-        f"{task.name}: {len(train)} training and {len(val)} validation examples ({val_source}); "
-        f"{len(names) or len(val_rows[0][1]['choices'])} {'classes' if names else 'choices'}"
-    )
-    history = []
-    bar = tqdm(total=total, desc=f"fine-tuning ({task.name})", disable=not accelerator.is_local_main_process)
-    step = 0
-    for epoch in range(1, args.epochs + 1):
-        for batch in train_loader:
-            step += 1
-            _, loss = task_forward(model, batch, task, with_lm=args.lm_weight > 0)
-            # Every process checks the same mean before the update, so all stop together and a NaN never
-            # reaches the weights.
-            mean_loss = accelerator.reduce(loss.detach(), "mean").item()
-            if not math.isfinite(mean_loss):
-                bar.close()
-                raise TrainingDiverged(
-                    f"the loss is {mean_loss} at step {step} of {total} (epoch {epoch}); "
-                    f"fine-tuning stopped and nothing was written to {args.output_dir}"
-                )
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
-        history.append({"epoch": epoch, "val_accuracy": accuracy(model, val_loader, task, accelerator)})
-        accelerator.print(f"epoch {epoch}: validation accuracy {history[-1]['val_accuracy']:.4f}")
-    bar.close()
-
-    results = {"task": task.name, "val_accuracy": history[-1]["val_accuracy"], "history": history,
-               "train_examples": len(train), "val_examples": len(val), "validation": val_source}  # fmt: skip
-    output = save_finetuned(accelerator, model, tokenizer, args, task, results)
-    accelerator.print(f"validation accuracy {results['val_accuracy']:.4f}; model saved to {output}")
-    accelerator.end_training()
-    return output
-
-
-def finetune_inputs(args: FinetuneArguments) -> list[str]:
-    return [p for p in (args.model, args.train, args.validation) if p is not None]
-
-
 def validation_name(args: FinetuneArguments) -> str:
     if args.validation is not None:
         return Path(args.validation).name
     return f"{Path(args.train).name} (held-out {args.val_fraction:.0%})"
 
 
-def check_finite(accelerator, state_dict: dict[str, torch.Tensor], args: FinetuneArguments) -> None:
-    """Refuse to save non-finite weights: a finite loss can still step them to inf (a huge learning rate)."""
-    names = [n for n, t in state_dict.items() if not torch.isfinite(t).all()] if accelerator.is_main_process else []
-    (names,) = broadcast_object_list([names])  # the main process holds the whole state dict; all raise together
-    if names:
-        raise TrainingDiverged(
-            f"{len(names)} weight tensors are not finite after fine-tuning (first: {names[0]}); nothing was "
-            f"written to {args.output_dir} (a learning rate too high, or non-finite weights in {args.model}?)"
+class Finetuning(TrainingLoop):
+    """One fine-tuning run; `finetune()` is the entry point."""
+
+    description = "fine-tuning"
+    decay, final_lr_ratio = "linear", 0.0  # GPT-1's schedule
+
+    def setup(self) -> None:
+        args = self.args
+        self.task = task = get_task(args.task)
+        self.tokenizer = add_task_tokens(AutoTokenizer.from_pretrained(args.model))
+        train_rows, val_rows, self.val_source = split_validation(args, task)
+        self.names = label_names(train_rows, task)
+        if task.name != "multiple_choice" and len(self.names) < 2:
+            raise ValueError(f"{args.train} has a single label {self.names}: nothing to classify")
+        set_seed(args.seed)  # the new head's initial weights
+        self.pretrained = load_model(args, task, self.names, self.tokenizer)
+        context = self.pretrained.config.max_position_embeddings
+        max_length = args.max_length or context
+        if max_length > context:
+            raise ValueError(f"max_length {max_length} exceeds the model's context ({context})")
+        self.train_data = encode_all(train_rows, task, self.tokenizer, self.names, max_length)
+        self.val_data = encode_all(val_rows, task, self.tokenizer, self.names, max_length)
+        self.choices = len(self.names) or len(val_rows[0][1]["choices"])
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.collate = collate(pad)  # token ids from the model's own (resized) tokenizer: in range by construction
+        self.max_steps = math.ceil(args.epochs * len(self.train_data) / args.batch_size)
+        self.warmup_steps = round(args.warmup_ratio * self.max_steps)
+        self.val = None  # the validation loader, made at the first evaluation
+
+    def make_model(self):
+        model, self.pretrained = self.pretrained, None
+        return model
+
+    def summary(self) -> str:
+        kind = "classes" if self.names else "choices"
+        return (
+            f"{self.task.name}: {len(self.train_data)} training and {len(self.val_data)} validation examples "
+            f"({self.val_source}), {self.choices} {kind}; "
         )
 
+    def step_inputs(self) -> dict[str, Any]:
+        """The LM term's normaliser: the step's LM targets over all its micro batches and processes (counted on the
+        CPU from the data order), so that the step's loss is one mean over them however the batch is split."""
+        if self.args.lm_weight == 0:
+            return {}
+        targets = sum(self.train_data[i]["lm_targets"] for i in self.step_samples())
+        passes = self.accelerator.gradient_accumulation_steps * self.accelerator.num_processes
+        return {"num_items_in_batch": targets / passes}  # each pass's loss is averaged over the passes
 
-def save_finetuned(accelerator, model, tokenizer, args, task, results: dict[str, Any]) -> Path:
-    state_dict = accelerator.get_state_dict(model)  # gathered whole under FSDP / DeepSpeed
-    check_finite(accelerator, state_dict, args)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        card = render_card(
-            unwrapped.config,
-            count_parameters(unwrapped),
+    def loss(self, batch, step_inputs) -> torch.Tensor:
+        return task_forward(self.model, batch, self.task, with_lm=self.args.lm_weight > 0, **step_inputs)[1]
+
+    def epochs_done(self, step: int) -> float:
+        return step * self.args.batch_size / len(self.train_data)
+
+    def eval_due(self, step: int) -> bool:
+        return step == self.max_steps or math.floor(self.epochs_done(step)) > math.floor(self.epochs_done(step - 1))
+
+    def evaluate(self) -> dict[str, float]:
+        if self.val is None:
+            loader = torch.utils.data.DataLoader(self.val_data, batch_size=self.micro_batch, collate_fn=self.collate)
+            self.val = self.accelerator.prepare(loader)
+        score = accuracy(self.model, self.val, self.task, self.accelerator)
+        return {"val_accuracy": score, "epoch": round(self.epochs_done(self.progress.step), 2)}
+
+    def describe(self, scores: dict[str, float]) -> str:
+        return f"validation accuracy {scores['val_accuracy']:.4f} (epoch {scores['epoch']:g})"
+
+    def model_files(self, evaluation: dict[str, float]) -> dict[str, str]:
+        results = {"task": self.task.name, **({"val_accuracy": evaluation["val_accuracy"]} if evaluation else {}),
+                   "history": self.progress.evaluations, "train_examples": len(self.train_data),
+                   "val_examples": len(self.val_data), "validation": self.val_source}  # fmt: skip
+        return {RESULTS_FILE: json.dumps(results, indent=2) + "\n"}
+
+    def card(self, evaluation: dict[str, float], interrupted: bool):
+        args, accelerator, task = self.args, self.accelerator, self.task
+        steps = f"{self.progress.step} of {self.max_steps}" + (" (interrupted)" if interrupted else "")
+        return render_card(
+            accelerator.unwrap_model(self.model).config,
+            self.num_parameters,
             model_name=Path(args.output_dir).name,
             summary=f"{args.model} fine-tuned for {task.name.replace('_', ' ')} the GPT-1 way, with hf_gpt.",
             pipeline_tag=task.pipeline_tag,
             base_model=str(args.model),
             training=[
                 ("Task", task.name),
-                ("Training data", f"{Path(args.train).name} ({results['train_examples']} examples)"),
+                ("Training data", f"{Path(args.train).name} ({len(self.train_data)} examples)"),
                 ("Epochs", str(args.epochs)),
+                ("Steps", steps),
                 ("Batch", str(args.batch_size)),
-                ("Optimizer", f"AdamW, lr {args.learning_rate:g}, warmup {args.warmup_ratio:.1%}, linear decay"),
+                ("Optimizer", f"AdamW, lr {args.learning_rate:g}, warmup {self.warmup_steps} steps, linear decay"),
                 ("Auxiliary LM loss weight", f"{args.lm_weight:g}"),
+                ("Precision", accelerator.mixed_precision),
+                ("Hardware", f"{accelerator.num_processes} x {device_name(accelerator.device)}"),
             ],
-            evaluation=[("Validation accuracy", f"{results['val_accuracy']:.4f} ({results['validation']})")],
+            evaluation=[("Validation accuracy", f"{evaluation['val_accuracy']:.4f} ({self.val_source})")]
+            if evaluation
+            else [],
             example_prompt="An example input",
-            scores=[(validation_name(args), "accuracy", round(results["val_accuracy"], 4))],
-            model_path=str(args.output_dir),
+            scores=[(validation_name(args), "accuracy", round(evaluation["val_accuracy"], 4))] if evaluation else [],
+            model_path=str(self.output / "model"),
         )
-        files = {RESULTS_FILE: json.dumps(results, indent=2) + "\n",
-                 "finetune_args.json": json.dumps(dataclasses.asdict(args), indent=2) + "\n"}  # fmt: skip
-        write_model_folder(
-            unwrapped, args.output_dir, kind="finetune", card=card, tokenizer=tokenizer, overwrite=args.overwrite,
-            inputs=finetune_inputs(args), state_dict=state_dict, files=files,
-        )  # fmt: skip
-    accelerator.wait_for_everyone()
-    return Path(args.output_dir)
+
+
+def finetune(args: FinetuneArguments | None = None, **kwargs) -> Path:
+    """Fine-tune a pretrained GPT on a task file; returns the folder of the fine-tuned model (`OUTPUT/model`: model,
+    tokenizer, card, eval_results.json)."""
+    return Finetuning(args or FinetuneArguments(**kwargs)).run()

@@ -1,4 +1,4 @@
-"""The GPT-3 optimisation recipe: AdamW with selective weight decay, linear warmup then cosine decay."""
+"""AdamW with selective weight decay, linear warmup then cosine (GPT-3) or linear (GPT-1 fine-tuning) decay."""
 
 from __future__ import annotations
 
@@ -34,20 +34,31 @@ def make_optimizer(
     )
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, final_ratio: float) -> float:
-    """LR multiplier: linear from 1/warmup to 1, then cosine down to `final_ratio` at `total_steps`."""
+DECAYS = ("cosine", "linear")
+
+
+def lr_multiplier(step: int, warmup_steps: int, total_steps: int, final_ratio: float, decay: str = "cosine") -> float:
+    """LR multiplier: linear from 1/warmup to 1, then down to `final_ratio` at `total_steps`, along a cosine
+    (GPT-3's pretraining) or a straight line (GPT-1's fine-tuning)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    remaining = 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1 - progress
+    return final_ratio + (1 - final_ratio) * remaining
 
 
 def make_scheduler(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, final_ratio: float = 0.1
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    final_ratio: float = 0.1,
+    decay: str = "cosine",
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Step it once per optimizer step. Do not pass it through `accelerator.prepare`: Accelerate would
     step it once per process, decaying N times too fast on N processes."""
+    if decay not in DECAYS:
+        raise ValueError(f"decay must be one of {DECAYS}, got {decay!r}")
     schedule = functools.partial(
-        warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps, final_ratio=final_ratio
+        lr_multiplier, warmup_steps=warmup_steps, total_steps=total_steps, final_ratio=final_ratio, decay=decay
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -1,13 +1,10 @@
-"""Everything a pretraining run checks and prepares before its first step: arguments, run folder,
-tokenizer, data and model config. Bad input fails here, with a message naming it, before any work."""
+"""Everything a pretraining run checks and prepares before its first step: arguments, tokenizer, data and model
+config. Bad input fails here, with a message naming it, before any work."""
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +16,10 @@ from ..configuration_hf_gpt import PRESETS, HfGptConfig
 from ..data.documents import CorpusOptions, SplitOptions
 from ..data.tokenizer import load_tokenizer, train_bpe_tokenizer
 from ..data.tokens import MANIFEST, TokenBlocks, prepare_data, read_manifest
-from ..files import check_output_dir, read_json_object, write_record, write_text_atomic
+from ..files import read_json_object
 from ..options import check_ranges, option
 from ..ranges import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROPORTION, SEED, SHARE
-
-RUN_FILE = "run.json"
-MIXED_PRECISION = ("no", "fp16", "bf16")
-# Arguments that may differ when a run is resumed: they change what is logged or kept, not the training.
-RESUMABLE_CHANGES = {"resume", "overwrite", "eval_every", "save_every", "keep_checkpoints", "log_every", "log_with"}
+from .loop import TrainingOptions
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -34,12 +27,12 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 
 
 @dataclass
-class PretrainArguments(CorpusOptions, SplitOptions):
-    """Everything `pretrain` needs (raw inputs are read and split as `CorpusOptions` and `SplitOptions` say); each
-    field is also its
-    `hf-gpt pretrain` flag (see `options`)."""
+class PretrainArguments(CorpusOptions, SplitOptions, TrainingOptions):
+    """Everything `pretrain` needs (raw inputs are read and split as `CorpusOptions` and `SplitOptions` say, the
+    loop runs as `TrainingOptions` say); each field is also its `hf-gpt pretrain` flag (see `options`)."""
 
-    output_dir: str = option(flag="--output", help="run folder")
+    PATH_FIELDS = ("data", "val_inputs", "tokenizer", "model")
+
     data: list[str] = option(
         positional=True, nargs="+", metavar="DATA",
         help="a `prepare-data` folder, or raw inputs (text, JSONL, parquet, dataset folders) prepared into OUTPUT/data",
@@ -53,11 +46,6 @@ class PretrainArguments(CorpusOptions, SplitOptions):
     vocab_size: int = option(8192, range=POSITIVE_INT, help="for a tokenizer trained here")
     block_size: int | None = option(None, range=POSITIVE_INT, help="tokens per training sequence (default: the "
                                     "model's context)")  # fmt: skip
-    batch_size: int = option(32, range=POSITIVE_INT, help="sequences per optimizer step, all processes")
-    micro_batch_size: int | None = option(
-        None, range=POSITIVE_INT, help="sequences per process and forward pass (accumulates the rest; default: "
-        "batch_size / processes)",
-    )  # fmt: skip
     max_steps: int = option(1000, range=POSITIVE_INT, help="optimizer steps")
     learning_rate: float = option(6e-4, range=POSITIVE, aliases=("--lr",), help="peak learning rate")
     final_lr_ratio: float = option(0.1, range=PROPORTION, help="cosine decays to this x peak")
@@ -65,22 +53,13 @@ class PretrainArguments(CorpusOptions, SplitOptions):
     weight_decay: float = option(0.1, range=NON_NEGATIVE, help="AdamW's, on matrices only")
     adam_betas: tuple[float, float] = (0.9, 0.95)
     adam_eps: float = 1e-8
-    max_grad_norm: float = option(1.0, range=POSITIVE, help="gradients are clipped to this global norm")
-    mixed_precision: str | None = option(None, choices=MIXED_PRECISION, help="default: as `accelerate config` says")
-    compile: bool = option(False, help="torch.compile the model")
-    gradient_checkpointing: bool = option(False, help="recompute activations to save memory")
     seed: int = option(1337, range=SEED, help="for the initial weights, dropout and data order")
     eval_every: int = option(100, range=POSITIVE_INT, help="steps between validation runs")
     eval_blocks: int | None = option(
         100, range=POSITIVE_INT, optional=True,
         help="validation blocks scored each time (in Python, None: the whole split)",
     )  # fmt: skip
-    save_every: int = option(500, range=POSITIVE_INT, help="steps between checkpoints")
-    keep_checkpoints: int = option(2, range=POSITIVE_INT, help="newest checkpoints kept")
-    log_every: int = option(10, range=POSITIVE_INT, help="steps between metrics lines")
-    log_with: str = option("auto", help="auto (TensorBoard if installed), none, or an Accelerate tracker")
     peak_tflops: float | None = option(None, range=POSITIVE, help="per-device peak for MFU (default: measured)")
-    resume: bool = option(False, help="continue from the newest checkpoint in OUTPUT")
     command: str = "pretrain"  # the kind of command that owns the run folder (quickstart runs are its own)
 
     def check(self) -> None:
@@ -92,70 +71,6 @@ class PretrainArguments(CorpusOptions, SplitOptions):
             raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}")
         if not self.data:
             raise ValueError("no training data given")
-
-    def to_json(self) -> dict:
-        """As run.json records it: tuples as lists, and the paths made absolute, so that a resume from another
-        working directory, or naming the folder another way, is still the same run."""
-        values = json.loads(json.dumps(dataclasses.asdict(self)))
-        values["output_dir"] = str(Path(self.output_dir).resolve())
-        for name in ("tokenizer", "model"):
-            values[name] = absolute(values[name])
-        for name in ("data", "val_inputs"):
-            values[name] = None if values[name] is None else [absolute(p) for p in values[name]]
-        return values
-
-
-def absolute(path: str | None) -> str | None:
-    """An existing path as one absolute spelling; anything else (a preset name) as it is."""
-    if path is None or path in PRESETS or not Path(path).exists():
-        return path
-    return str(Path(path).resolve())
-
-
-def prepare_run_folder(args: PretrainArguments, accelerator: Accelerator) -> tuple[Path, bool]:
-    """Create or reopen the run folder; refuse one that is not ours or whose arguments changed.
-    Returns the folder and whether this run created it (rather than resuming in it)."""
-    output = Path(args.output_dir)
-    run_file = output / RUN_FILE
-    named = [*args.data, *(args.val_inputs or []), args.tokenizer, args.model]
-    inputs = [p for p in named if p is not None and p not in PRESETS]
-    resuming = args.resume and run_file.is_file()
-    if accelerator.is_main_process:
-        if resuming:
-            earlier = read_json_object(run_file, "the run's arguments")
-            changed = sorted(
-                name
-                for name, value in args.to_json().items()
-                if name not in RESUMABLE_CHANGES and earlier.get(name) != value
-            )
-            if changed:
-                raise ValueError(
-                    f"cannot resume {output}: {', '.join(changed)} differ from the arguments it was started with "
-                    f"(see {run_file}); start a new run folder instead"
-                )
-        else:
-            check_output_dir(output, args.overwrite, kind=args.command, inputs=inputs)
-            if output.exists() and any(output.iterdir()):  # an earlier run of ours, replaced (--overwrite)
-                shutil.rmtree(output)
-            output.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(run_file, json.dumps(args.to_json(), indent=2) + "\n")
-            # tokenizer/, data/ and model/ carry records of their own; checkpoints and logs grow as the run goes
-            write_record(output, args.command, owned_folders=("checkpoints", "logs"))
-    accelerator.wait_for_everyone()
-    return output, not resuming
-
-
-@contextlib.contextmanager
-def run_folder(args: PretrainArguments, accelerator: Accelerator) -> Iterator[Path]:
-    """The run folder, removed again if the setup inside the block fails: a refused run leaves nothing
-    behind (a resumed run's folder is never removed)."""
-    output, created = prepare_run_folder(args, accelerator)
-    try:
-        yield output
-    except BaseException:
-        if created and accelerator.is_main_process:
-            shutil.rmtree(output, ignore_errors=True)
-        raise
 
 
 def is_prepared_data(paths: Sequence[str]) -> bool:
@@ -264,18 +179,6 @@ def block_size_for(args: PretrainArguments, config: HfGptConfig) -> int:
             f"(max_position_embeddings={config.max_position_embeddings})"
         )
     return block_size
-
-
-def batch_shape(args: PretrainArguments, num_processes: int) -> tuple[int, int]:
-    """(micro batch per process, gradient accumulation steps) that make up the global batch exactly."""
-    micro = args.micro_batch_size or max(1, args.batch_size // num_processes)
-    per_pass = micro * num_processes
-    if args.batch_size % per_pass:
-        raise ValueError(
-            f"batch_size {args.batch_size} is not a multiple of micro_batch_size {micro} x {num_processes} "
-            f"processes = {per_pass}; choose sizes that divide it"
-        )
-    return micro, args.batch_size // per_pass
 
 
 def load_blocks(data_dir: Path, tokenizer, block_size: int, batch_size: int) -> tuple[TokenBlocks, TokenBlocks | None]:
