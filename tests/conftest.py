@@ -1,10 +1,18 @@
 """Shared fixtures: tiny models and a tiny byte-level BPE tokenizer, built here (no downloads)."""
 
 import copy
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -52,6 +60,85 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_on_two_cpu_processes(cli_arguments: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`hf-gpt ARGUMENTS` under `accelerate launch` on two CPU processes (gloo), from `cwd` (so the installed
+    hf_gpt runs, not a source folder)."""
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    launch = [
+        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+        "-m", "hf_gpt.cli",
+    ]  # fmt: skip
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    return subprocess.run(launch + cli_arguments, env=environment, capture_output=True, text=True, cwd=cwd)
+
+
+def check_two_processes_train_like_one(command_for, tmp_path: Path, steps: int) -> tuple[Path, Path]:
+    """Run `command_for(output)` (an `hf-gpt` command line) as one process and on two CPU processes, with the same
+    global batch of 8: the same per-step losses and learning rates (the schedule not sped up), and nearly the same
+    final weights. Returns the two run folders."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    subprocess.run(command_for(single), check=True, capture_output=True)
+    done = run_on_two_cpu_processes(command_for(double)[1:], tmp_path)
+    assert done.returncode == 0, done.stderr[-8000:]
+    assert "batch 8 = 4 x 2 processes x 1 accumulation" in done.stdout  # really two processes
+    one, two = step_losses(single), step_losses(double)
+    assert one.keys() == two.keys() == set(range(1, steps + 1))
+    for step in one:
+        assert two[step][0] == pytest.approx(one[step][0], rel=1e-4)
+        assert two[step][1] == pytest.approx(one[step][1], rel=1e-9)
+    a, b = (load_file(run / "model" / "model.safetensors") for run in (single, double))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4, msg=name)
+    return single, double
+
+
+def check_killed_and_resumed_like_whole(command_for, tmp_path: Path, steps: int) -> tuple[Path, Path]:
+    """Run `command_for(output)` (an `hf-gpt` command line that checkpoints every 10 steps) whole, and again killed
+    with SIGKILL once its step-20 checkpoint exists and then resumed: the same weights (within 1e-6) and the same
+    logged losses and learning rates. Returns the two run folders."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run(command_for(whole), check=True, capture_output=True)
+    process = subprocess.Popen(command_for(cut), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(cut / "checkpoints" / "step-00000020", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (cut / "model").exists()  # it was stopped mid-way
+    assert max(m["step"] for m in run_metrics(cut)) < steps
+
+    resumed = subprocess.run([*command_for(cut), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and "step-000000" in resumed.stdout
+    a, b = (load_file(run / "model" / "model.safetensors") for run in (whole, cut))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+    # The resumed run logged the same losses for the steps it replayed and the ones after.
+    expected = step_losses(whole)
+    for step, (loss, lr) in step_losses(cut).items():
+        assert loss == pytest.approx(expected[step][0], abs=1e-6) and lr == pytest.approx(expected[step][1])
+    return whole, cut
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until `path` exists (a run's checkpoint, say), failing if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, f"the run ended before {path.name} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+def run_metrics(run: Path) -> list[dict]:
+    """A training run folder's logs/metrics.jsonl."""
+    return [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
+
+
+def step_losses(run: Path) -> dict[int, tuple[float, float]]:
+    """{step: (loss, learning rate)} of a training run."""
+    return {m["step"]: (m["loss"], m["lr"]) for m in run_metrics(run) if "loss" in m}
 
 
 def seeded(model_class, config, seed: int = 0, **kwargs):

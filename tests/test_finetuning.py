@@ -2,20 +2,23 @@
 
 import json
 import math
-import os
 import random
 import signal
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from conftest import free_port, seeded, tiny_config
+from conftest import (
+    check_killed_and_resumed_like_whole,
+    check_two_processes_train_like_one,
+    run_metrics,
+    seeded,
+    step_losses,
+    tiny_config,
+    wait_for,
+)
 from huggingface_hub import ModelCard
-from safetensors.torch import load_file
 from test_tokenizer import console_script
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
@@ -321,14 +324,6 @@ def varied_rows(count: int, seed: int) -> list[dict]:
     return rows
 
 
-def metrics(run) -> list[dict]:
-    return [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
-
-
-def step_losses(run) -> dict[int, tuple[float, float]]:
-    return {m["step"]: (m["loss"], m["lr"]) for m in metrics(run) if "loss" in m}
-
-
 def test_gradient_accumulation_gives_the_same_fine_tuning(base_model, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", varied_rows(40, seed=11))  # 32 kept: 4 steps an epoch
     common = dict(epochs=2, batch_size=8, log_every=1, log_with="none")
@@ -341,7 +336,7 @@ def test_gradient_accumulation_gives_the_same_fine_tuning(base_model, tmp_path):
         assert accumulated[step][0] == pytest.approx(whole[step][0], rel=1e-5)
         assert accumulated[step][1] == whole[step][1]
     # Evaluated at each epoch's end, kept in the results and the metrics.
-    assert [m["step"] for m in metrics(tmp_path / "a" / "out") if "val_accuracy" in m] == [4, 8]
+    assert [m["step"] for m in run_metrics(tmp_path / "a" / "out") if "val_accuracy" in m] == [4, 8]
     results = json.loads((tmp_path / "a" / "out" / "model" / "eval_results.json").read_text())
     assert [(h["step"], h["epoch"]) for h in results["history"]] == [(4, 1.0), (8, 2.0)]
 
@@ -365,46 +360,13 @@ def cli_finetune(model, train, output, *extra) -> list[str]:
     ]  # fmt: skip
 
 
-def wait_for(path, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"the run ended before {path.name} appeared"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.01)
-
-
-def weights(model_dir) -> dict[str, torch.Tensor]:
-    return load_file(model_dir / "model.safetensors")
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_fine_tune(dropout_model, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", varied_rows(100, seed=12))  # 90 kept: 12 steps an epoch
     steps = ["--epochs", "8", "--save-every", "10", "--keep-checkpoints", "2", "--micro-batch-size", "4"]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    subprocess.run(cli_finetune(dropout_model, train, whole, *steps), check=True, capture_output=True)
-
-    process = subprocess.Popen(
-        cli_finetune(dropout_model, train, cut, *steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    whole, cut = check_killed_and_resumed_like_whole(
+        lambda output: cli_finetune(dropout_model, train, output, *steps), tmp_path, steps=90
     )
-    wait_for(cut / "checkpoints" / "step-00000020", process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (cut / "model").exists()  # it was stopped mid-way
-    assert max(m["step"] for m in metrics(cut)) < 90
-
-    resumed = subprocess.run(
-        cli_finetune(dropout_model, train, cut, *steps, "--resume"), capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
-    a, b = weights(whole / "model"), weights(cut / "model")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
-    expected = step_losses(whole)
-    for step, (loss, lr) in step_losses(cut).items():
-        assert loss == pytest.approx(expected[step][0], abs=1e-6) and lr == pytest.approx(expected[step][1])
     # The validation history survives the kill: every epoch's end, once.
     history = json.loads((cut / "model" / "eval_results.json").read_text())["history"]
     assert history == json.loads((whole / "model" / "eval_results.json").read_text())["history"]
@@ -436,26 +398,8 @@ def test_ctrl_c_saves_a_fine_tuned_model_that_loads(base_model, tmp_path):
 def test_two_processes_fine_tune_like_one(base_model, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", varied_rows(40, seed=14))  # 36 kept: 4.5 steps an epoch
     steps = ["--epochs", "2", "--val-fraction", "0.1"]
-    single, double = tmp_path / "single", tmp_path / "double"
-    subprocess.run(cli_finetune(base_model, train, single, *steps), check=True, capture_output=True)
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    launch = [
-        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        "-m", "hf_gpt.cli",
-    ]  # fmt: skip
-    command = launch + cli_finetune(base_model, train, double, *steps)[1:]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true"}
-    done = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=tmp_path)  # installed hf_gpt
-    assert done.returncode == 0, done.stderr[-8000:]
-    assert "batch 8 = 4 x 2 processes x 1 accumulation" in done.stdout  # really two processes
-    one, two = step_losses(single), step_losses(double)
-    assert one.keys() == two.keys() == set(range(1, 10))
-    for step in one:
-        assert two[step][0] == pytest.approx(one[step][0], rel=1e-4)
-        assert two[step][1] == pytest.approx(one[step][1], rel=1e-9)  # the schedule is not sped up
-    a, b = weights(single / "model"), weights(double / "model")
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4, msg=name)
-    scores = [json.loads((run / "model" / "eval_results.json").read_text())["val_accuracy"] for run in (single, double)]
+    runs = check_two_processes_train_like_one(
+        lambda output: cli_finetune(base_model, train, output, *steps), tmp_path, steps=9
+    )
+    scores = [json.loads((run / "model" / "eval_results.json").read_text())["val_accuracy"] for run in runs]
     assert scores[0] == scores[1]

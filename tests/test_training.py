@@ -10,13 +10,19 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate.state import AcceleratorState
-from conftest import free_port, varied_text
+from conftest import (
+    check_killed_and_resumed_like_whole,
+    check_two_processes_train_like_one,
+    run_metrics,
+    step_losses,
+    varied_text,
+    wait_for,
+)
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 from test_tokenizer import console_script
@@ -75,14 +81,6 @@ def cli_pretrain(prepared, tokenizer_dir, output, *extra) -> list[str]:
         "--eval-every", "10", "--eval-blocks", "4", "--log-every", "1", "--log-with", "none", "--peak-tflops", "1",
         *extra,
     ]  # fmt: skip
-
-
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "logs" / "metrics.jsonl").read_text().splitlines()]
-
-
-def train_losses(run: Path) -> dict[int, tuple[float, float]]:
-    return {m["step"]: (m["loss"], m["lr"]) for m in metrics(run) if "loss" in m}
 
 
 def weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -210,7 +208,7 @@ def test_pretrain_writes_a_model_the_ecosystem_loads(tmp_path, prepared, trained
     assert model_dir == run / "model"
     assert [p.name for p in complete_checkpoints(run / "checkpoints")] == ["step-00000008", "step-00000012"]
 
-    log = metrics(run)
+    log = run_metrics(run)
     losses = [m["loss"] for m in log if "loss" in m]
     assert len(losses) == 12 and losses[-1] < losses[0] - 0.3  # it learns
     evals = [m for m in log if "val_loss" in m]
@@ -265,12 +263,12 @@ def test_gradient_checkpointing_and_bf16_train(tmp_path, prepared, trained_token
     pretrain(tiny_args(tmp_path / "a", prepared, trained_tokenizer_dir, **common))
     AcceleratorState._reset_state(reset_partial_state=True)
     pretrain(tiny_args(tmp_path / "b", prepared, trained_tokenizer_dir, gradient_checkpointing=True, **common))
-    plain, recomputed = train_losses(tmp_path / "a" / "run"), train_losses(tmp_path / "b" / "run")
+    plain, recomputed = step_losses(tmp_path / "a" / "run"), step_losses(tmp_path / "b" / "run")
     for step in plain:
         assert recomputed[step][0] == pytest.approx(plain[step][0], rel=1e-5)
     AcceleratorState._reset_state(reset_partial_state=True)
     pretrain(tiny_args(tmp_path / "c", prepared, trained_tokenizer_dir, mixed_precision="bf16", **common))
-    bf16 = train_losses(tmp_path / "c" / "run")
+    bf16 = step_losses(tmp_path / "c" / "run")
     assert all(math.isfinite(loss) for loss, _ in bf16.values())
     assert bf16[1][0] == pytest.approx(plain[1][0], abs=0.05) and bf16[1][0] != plain[1][0]  # autocast was on
     assert next(iter(weights(tmp_path / "c" / "run" / "model").values())).dtype == torch.float32
@@ -304,7 +302,7 @@ def test_gradient_accumulation_gives_the_same_training(tmp_path, prepared, train
     pretrain(tiny_args(tmp_path / "a", prepared, trained_tokenizer_dir, **common))
     AcceleratorState._reset_state(reset_partial_state=True)
     pretrain(tiny_args(tmp_path / "b", prepared, trained_tokenizer_dir, micro_batch_size=2, **common))
-    one, four = train_losses(tmp_path / "a" / "run"), train_losses(tmp_path / "b" / "run")
+    one, four = step_losses(tmp_path / "a" / "run"), step_losses(tmp_path / "b" / "run")
     assert one.keys() == four.keys() == set(range(1, 7))
     for step in one:
         assert four[step][0] == pytest.approx(one[step][0], rel=1e-5) and four[step][1] == one[step][1]
@@ -314,45 +312,12 @@ def test_gradient_accumulation_gives_the_same_training(tmp_path, prepared, train
 # Interrupted runs (separate processes, killed for real)
 
 
-def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert process.poll() is None, f"the run ended before {path.name} appeared"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.01)
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, prepared, trained_tokenizer_dir):
     steps = ["--max-steps", "60", "--save-every", "10", "--keep-checkpoints", "2"]
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    subprocess.run(cli_pretrain(prepared, trained_tokenizer_dir, whole, *steps), check=True, capture_output=True)
-
-    process = subprocess.Popen(
-        cli_pretrain(prepared, trained_tokenizer_dir, cut, *steps),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    _, cut = check_killed_and_resumed_like_whole(
+        lambda output: cli_pretrain(prepared, trained_tokenizer_dir, output, *steps), tmp_path, steps=60
     )
-    wait_for(cut / "checkpoints" / "step-00000020", process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (cut / "model").exists()  # it was stopped mid-way
-    killed_at = max(m["step"] for m in metrics(cut))
-    assert killed_at < 60
-
-    resumed = subprocess.run(
-        cli_pretrain(prepared, trained_tokenizer_dir, cut, *steps, "--resume"), capture_output=True, text=True
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from" in resumed.stdout and "step-000000" in resumed.stdout
-    a, b = weights(whole / "model"), weights(cut / "model")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
-    # The resumed run logged the same losses for the steps it replayed and the ones after.
-    expected = train_losses(whole)
-    for step, (loss, lr) in train_losses(cut).items():
-        assert loss == pytest.approx(expected[step][0], abs=1e-6) and lr == pytest.approx(expected[step][1])
     # Newest checkpoints kept, named by step (not restarted by Accelerate's counter).
     assert [p.name for p in complete_checkpoints(cut / "checkpoints")] == ["step-00000050", "step-00000060"]
 
@@ -509,28 +474,10 @@ def test_a_checkpoint_that_cannot_be_written_is_removed_and_reported(
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path, prepared, trained_tokenizer_dir):
     steps = ["--max-steps", "8", "--save-every", "4", "--warmup-steps", "2", *NO_DROPOUT]
-    single, double = tmp_path / "single", tmp_path / "double"
-    subprocess.run(cli_pretrain(prepared, trained_tokenizer_dir, single, *steps), check=True, capture_output=True)
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
-    launch = [
-        accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-        "-m", "hf_gpt.cli",
-    ]  # fmt: skip
-    command = launch + cli_pretrain(prepared, trained_tokenizer_dir, double, *steps)[1:]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true"}
-    done = subprocess.run(command, env=environment, capture_output=True, text=True, cwd=tmp_path)  # installed hf_gpt
-    assert done.returncode == 0, done.stderr[-8000:]
-    assert "batch 8 = 4 x 2 processes x 1 accumulation" in done.stdout  # really two processes
-    one, two = train_losses(single), train_losses(double)
-    assert one.keys() == two.keys() == set(range(1, 9))
-    for step in one:
-        assert two[step][0] == pytest.approx(one[step][0], rel=1e-4)
-        assert two[step][1] == pytest.approx(one[step][1], rel=1e-9)  # the schedule is not sped up
-    assert [m["step"] for m in metrics(double) if "val_loss" in m] == [8]
-    a, b = weights(single / "model"), weights(double / "model")
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=1e-3, atol=1e-4, msg=name)
+    _, double = check_two_processes_train_like_one(
+        lambda output: cli_pretrain(prepared, trained_tokenizer_dir, output, *steps), tmp_path, steps=8
+    )
+    assert [m["step"] for m in run_metrics(double) if "val_loss" in m] == [8]
 
 
 def test_a_training_step_reads_the_device_once_whatever_the_accumulation(tmp_path, prepared, trained_tokenizer_dir):

@@ -300,7 +300,7 @@ class TrainingLoop(abc.ABC):
         set_seed(args.seed)  # the same initial weights on every process and every run
         model = self.make_model()
         if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         if args.compile:
             model.compile()  # in place: no wrapper module, so parameter names stay the model's own
         self.num_parameters = count_parameters(model)
@@ -313,6 +313,7 @@ class TrainingLoop(abc.ABC):
             self.optimizer, self.warmup_steps, self.max_steps, self.final_lr_ratio, decay=self.decay
         )
         self.progress = Progress()
+        self.order = self.positions(0, self.max_steps)  # the whole run's data order, for `step_samples`
 
     def training_state(self) -> dict[str, Any]:
         """What a checkpoint holds besides Accelerate's state: plain JSON values, nothing to unpickle."""
@@ -338,7 +339,8 @@ class TrainingLoop(abc.ABC):
 
     def step_samples(self) -> list[int]:
         """The dataset indices of the coming step, all processes together."""
-        return list(self.positions(self.progress.step, self.progress.step + 1))
+        start = self.progress.step * self.args.batch_size
+        return [self.order.sample(position) for position in range(start, start + self.args.batch_size)]
 
     def train_loader(self) -> torch.utils.data.DataLoader:
         """The batches still to come, from the current step on, sharded over processes by Accelerate."""
@@ -503,6 +505,15 @@ class TrainingLoop(abc.ABC):
             accelerator.print(f"model saved to {target}{scores}")
         accelerator.wait_for_everyone()
         return target
+
+
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """transformers 5.24 renamed gradient checkpointing (the old name warns); 5.17 has only the old name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def check_finite(accelerator: Accelerator, state_dict: dict[str, torch.Tensor], target: Path) -> None:
