@@ -261,15 +261,16 @@ def check_fits_in_memory(config: HfGptConfig) -> None:
 
 
 # Set while a caller runs batches whose values it has already checked off the device (hf_gpt's training loop:
-# TokenBlocks checks each block's token ids on the CPU), so the model reads nothing back from the device for them.
+# TokenBlocks checks each block's token ids on the CPU; fine-tuning's come from the model's own tokenizer), so the
+# model reads nothing back from the device for them.
 VALUES_CHECKED: ContextVar[bool] = ContextVar("hf_gpt_values_checked", default=False)
 
 
 @contextmanager
 def values_checked():
     """Within this block, forwards skip the input value checks that read back from the device (token ids,
-    position ids, padding-mask values): for callers that checked them before the batch reached the device.
-    Shape checks, which cost nothing, still run."""
+    position ids, padding-mask values), and build a given padding mask without reading it first: for callers that
+    checked their batches before they reached the device. Shape checks, which cost nothing, still run."""
     token = VALUES_CHECKED.set(True)
     try:
         yield
@@ -438,9 +439,15 @@ class HfGptModel(HfGptPreTrainedModel):
             config = copy.copy(config)
             config._attn_implementation = "eager"
         builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+        # Given a padding mask, transformers reads it back from the device to see whether it may skip building the
+        # mask (no padding after all): a host sync per forward. A caller that checked its batches (values_checked)
+        # pads them, so the mask is built without asking.
+        may_skip = not (VALUES_CHECKED.get() and is_padding_mask(attention_mask))
         # Positional arguments: the cache parameter's name differs between transformers versions.
         return {
-            kind: builders[kind](config, inputs_embeds, attention_mask, cache, position_ids)
+            kind: builders[kind](
+                config, inputs_embeds, attention_mask, cache, position_ids, allow_is_causal_skip=may_skip
+            )
             for kind in set(config.layer_types)
         }
 

@@ -122,6 +122,42 @@ def check_killed_and_resumed_like_whole(command_for, tmp_path: Path, steps: int)
     return whole, cut
 
 
+def device_reads_of_a_step(loop) -> tuple[list[str], tuple[float, float, bool]]:
+    """Run one training step of a `TrainingLoop` (hf_gpt.train.loop) and list every read of a tensor's values back
+    to Python (a host sync on a GPU) but the CPU's own (the data order, torch's CPU optimizer step counter);
+    returns the reads and the step's (loss, grad norm, stopping)."""
+    from hf_gpt.train.interrupts import StopRequest
+
+    loop.build_model()
+    loader = iter(loop.train_loader())
+    # Read ahead: the data loader's own CPU bookkeeping aside.
+    batches = iter([next(loader) for _ in range(loop.accelerator.gradient_accumulation_steps)])
+    reads = []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            code = sys._getframe(1).f_code
+            caller = f"{code.co_filename.replace(os.sep, '/')}:{code.co_name}"
+            if not any(place in caller for place in CPU_BOOKKEEPING):
+                reads.append(name)
+            return original(self, *args, **kwargs)
+
+        return read
+
+    with StopRequest() as stop, pytest.MonkeyPatch.context() as patch:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+            patch.setattr(torch.Tensor, name, counted(name))
+        result = loop.train_step(batches, stop)
+    return reads, result
+
+
+# Code that reads CPU tensors even when training on a GPU: torch's optimizers (their step counter) and the data
+# order (a permutation made on the CPU, read once an epoch).
+CPU_BOOKKEEPING = ("torch/optim/", "hf_gpt/train/loop.py:sample")
+
+
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
     """Until `path` exists (a run's checkpoint, say), failing if the process ends first."""
     deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ from accelerate.state import AcceleratorState
 from conftest import (
     check_killed_and_resumed_like_whole,
     check_two_processes_train_like_one,
+    device_reads_of_a_step,
     run_metrics,
     seeded,
     step_losses,
@@ -339,6 +340,18 @@ def test_gradient_accumulation_gives_the_same_fine_tuning(base_model, tmp_path):
     assert [m["step"] for m in run_metrics(tmp_path / "a" / "out") if "val_accuracy" in m] == [4, 8]
     results = json.loads((tmp_path / "a" / "out" / "model" / "eval_results.json").read_text())
     assert [(h["step"], h["epoch"]) for h in results["history"]] == [(4, 1.0), (8, 2.0)]
+
+
+def test_a_fine_tuning_step_reads_the_device_once_whatever_the_accumulation(base_model, tmp_path):
+    """As pretraining's (see test_training.py): token ids from the model's own tokenizer, masks built on the CPU,
+    and the LM term's normaliser counted on the CPU, so a step of 4 micro steps reads the device once."""
+    from hf_gpt.train.finetuning import Finetuning
+
+    train = write_jsonl(tmp_path / "train.jsonl", varied_rows(40, seed=15))
+    loop = Finetuning(tiny_run(tmp_path, base_model, train, "classification", batch_size=8, micro_batch_size=2))
+    reads, (loss, grad_norm, stopping) = device_reads_of_a_step(loop)
+    assert reads == ["tolist"]
+    assert math.isfinite(loss) and grad_norm > 0 and stopping is False
 
 
 @pytest.fixture(scope="module")

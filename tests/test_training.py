@@ -18,6 +18,7 @@ from accelerate.state import AcceleratorState
 from conftest import (
     check_killed_and_resumed_like_whole,
     check_two_processes_train_like_one,
+    device_reads_of_a_step,
     run_metrics,
     step_losses,
     varied_text,
@@ -484,30 +485,9 @@ def test_a_training_step_reads_the_device_once_whatever_the_accumulation(tmp_pat
     """The model checks a user's token ids by reading them back from the device (a host sync on a GPU); the
     training loop's batches were checked by TokenBlocks on the CPU, so its micro steps read nothing and a step
     reads the device once (the loss, the stop flag and the gradient norm together)."""
-    from hf_gpt.train.interrupts import StopRequest
     from hf_gpt.train.pretraining import Pretraining
 
-    trainer = Pretraining(tiny_args(tmp_path, prepared, trained_tokenizer_dir, micro_batch_size=2))  # 4 micro steps
-    trainer.build_model()
-    loader = iter(trainer.train_loader())
-    batches = iter([next(loader) for _ in range(4)])  # read ahead: the data loader's own CPU bookkeeping aside
-    reads = []
-
-    def counted(name):
-        original = getattr(torch.Tensor, name)
-
-        def read(self, *args, **kwargs):
-            # torch's CPU optimizer reads its step counter, a CPU tensor even when training on a GPU: not a device read
-            if "torch/optim" not in sys._getframe(1).f_code.co_filename.replace(os.sep, "/"):
-                reads.append(name)
-            return original(self, *args, **kwargs)
-
-        return read
-
-    names = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
-    with StopRequest() as stop, pytest.MonkeyPatch.context() as patch:
-        for name in names:
-            patch.setattr(torch.Tensor, name, counted(name))
-        loss, grad_norm, stopping = trainer.train_step(batches, stop)
+    loop = Pretraining(tiny_args(tmp_path, prepared, trained_tokenizer_dir, micro_batch_size=2))  # 4 micro steps
+    reads, (loss, grad_norm, stopping) = device_reads_of_a_step(loop)
     assert reads == ["tolist"]
     assert math.isfinite(loss) and grad_norm > 0 and stopping is False

@@ -180,7 +180,7 @@ class SamplePositions(torch.utils.data.Sampler):
 
     def __init__(self, num_samples: int, seed: int, start: int, stop: int):
         self.num_samples, self.seed, self.start, self.stop = num_samples, seed, start, stop
-        self._orders: dict[int, torch.Tensor] = {}
+        self._orders: dict[int, list[int]] = {}
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -192,8 +192,8 @@ class SamplePositions(torch.utils.data.Sampler):
         epoch = position // self.num_samples
         if epoch not in self._orders:
             generator = torch.Generator().manual_seed(self.seed + epoch)
-            self._orders = {epoch: torch.randperm(self.num_samples, generator=generator)}  # one epoch at a time
-        return int(self._orders[epoch][position % self.num_samples])
+            self._orders = {epoch: torch.randperm(self.num_samples, generator=generator).tolist()}  # one at a time
+        return self._orders[epoch][position % self.num_samples]
 
 
 def private_generator() -> torch.Generator:
