@@ -137,9 +137,13 @@ def write_converted(
     tokenizer_from: str | os.PathLike | None,
     overwrite: bool = False,
     card_config: HfGptConfig | None = None,
+    tokenizer_as: Callable[[PreTrainedTokenizerBase], PreTrainedTokenizerBase] | None = None,
 ) -> Path:
-    """The converted model's folder (see `write_model_folder`), with a card naming the source as base_model."""
+    """The converted model's folder (see `write_model_folder`), with a card naming the source as base_model;
+    `tokenizer_as` recasts the source's tokenizer (e.g. as the class the target format's runtimes expect)."""
     tokenizer = source_tokenizer(tokenizer_from)
+    if tokenizer is not None and tokenizer_as is not None:
+        tokenizer = tokenizer_as(tokenizer)
     card = render_card(
         card_config or model.config,
         count_parameters(model),

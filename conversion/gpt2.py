@@ -23,7 +23,7 @@ from hf_gpt.conversion.common import (
     transpose_projections,
     write_converted,
 )
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, PreTrainedTokenizerBase
 
 from hf_gpt import HfGptConfig, HfGptForCausalLM
 from hf_gpt.files import weights_as_value_errors
@@ -83,12 +83,27 @@ def as_gpt2(ours: HfGptForCausalLM, source: str = "the model", **kwargs) -> GPT2
     them transposed); kwargs go to its construction, e.g. attn_implementation."""
     check_gpt2_representable(ours.config)
     values = {name: getattr(ours.config, name) for name in SHARED_FIELDS}
-    gpt2 = GPT2LMHeadModel._from_config(GPT2Config(**values, pad_token_id=ours.config.pad_token_id), **kwargs)
+    # n_ctx: gone from transformers' GPT2Config, but in every released GPT-2 config.json, and llama.cpp's converter
+    # reads it (KeyError without it).
+    config = GPT2Config(**values, n_ctx=ours.config.max_position_embeddings, pad_token_id=ours.config.pad_token_id)
+    gpt2 = GPT2LMHeadModel._from_config(config, **kwargs)
     weights = {
         k: v for k, v in ours.state_dict().items() if not (ours.config.tie_word_embeddings and k == "lm_head.weight")
     }
     load_exactly(gpt2, transpose_projections(weights), source)
     return gpt2.to(ours.device, ours.dtype).eval()
+
+
+def as_gpt2_tokenizer(tokenizer: PreTrainedTokenizerBase) -> GPT2TokenizerFast:
+    """The same tokenizer (its tokenizer.json unchanged) as GPT-2's class, which transformers 4.x and 5.x both load:
+    5.x saves a generic tokenizer as "TokenizersBackend", a class 4.x does not have."""
+    special = {name: getattr(tokenizer, name) for name in ("bos_token", "eos_token", "pad_token")}
+    return GPT2TokenizerFast(
+        tokenizer_object=tokenizer.backend_tokenizer,
+        unk_token=tokenizer.unk_token or tokenizer.eos_token,  # GPT-2's; byte-level BPE never needs it
+        model_max_length=tokenizer.model_max_length,
+        **special,
+    )
 
 
 def export_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer: str | None = None) -> Path:
@@ -102,7 +117,7 @@ def export_gpt2(source: str, output_dir: str, overwrite: bool = False, tokenizer
     check_same_logits(difference, source)
     return write_converted(
         gpt2, output_dir, source=source, overwrite=overwrite, tokenizer_from=tokenizer or folder,
-        card_config=ours.config,
+        card_config=ours.config, tokenizer_as=as_gpt2_tokenizer,
         summary=f"{source} (hf_gpt) exported as a plain GPT-2 (GPT2LMHeadModel): no custom code needed.",
     )  # fmt: skip
 

@@ -3,8 +3,10 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,6 +114,7 @@ def test_gpt2_export_loads_without_custom_code(tmp_path, trained_tokenizer):
     folder = tmp_path / "gpt2"
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "gpt2" and "auto_map" not in config
+    assert config["n_ctx"] == config["n_positions"] == 128  # as released GPT-2 configs (llama.cpp reads it)
     assert not list(folder.glob("*.py"))
     script = f"""
 import json, torch
@@ -132,6 +135,58 @@ print(generate("The quick", max_new_tokens=3, do_sample=False)[0]["generated_tex
     with torch.no_grad():
         expected = model(IDS).logits[:, -1, :8]
     torch.testing.assert_close(torch.tensor(result["logits"]), expected, rtol=0, atol=1e-5)
+
+
+TRANSFORMERS_4 = "transformers==4.57.1"  # what optimum's ONNX exporter, and many serving stacks, still pin
+TOKENIZE = """
+import json, sys
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])
+ids = [tokenizer(text)["input_ids"] for text in json.loads(sys.argv[2])]
+print(json.dumps({"class": type(tokenizer).__name__, "ids": ids, "decoded": [tokenizer.decode(i) for i in ids],
+                  "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}))
+"""
+TEXTS = ["The quick brown fox", "  two spaces,\ttabs\nand lines ", "naïve café — 東京 🙂", "a<|endoftext|>b", ""]
+
+
+def transformers_4_python() -> Path:
+    """A virtual environment with transformers 4.x and no torch (its tokenizers need none), built once with pip
+    from the package registry into ~/.cache/hf_gpt (HF_GPT_TRANSFORMERS_4 moves it)."""
+    default = Path.home() / ".cache" / "hf_gpt" / TRANSFORMERS_4.replace("==", "-")
+    root = Path(os.environ.get("HF_GPT_TRANSFORMERS_4", default))
+    if not (root / "bin" / "python").exists():
+        staging = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(staging)], check=True)
+        pip = [str(staging / "bin" / "python"), "-m", "pip", "install", "-q", TRANSFORMERS_4]
+        subprocess.run(pip, check=True, capture_output=True)
+        os.replace(staging, root)  # complete, or not there: a killed build is redone
+    return root / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_gpt2_export_tokenizer_loads_in_transformers_4_and_5_alike(tmp_path, trained_tokenizer):
+    model = seeded(HfGptForCausalLM, tiny_config(vocab_size=len(trained_tokenizer), bos_token_id=0, eos_token_id=0))
+    model.save_pretrained(tmp_path / "ours")
+    trained_tokenizer.save_pretrained(tmp_path / "ours")
+    export_gpt2(str(tmp_path / "ours"), str(tmp_path / "gpt2"))
+    settings = json.loads((tmp_path / "gpt2" / "tokenizer_config.json").read_text())
+    assert settings["tokenizer_class"] == "GPT2Tokenizer" and settings.get("extra_special_tokens") != []
+
+    def tokenize(python, folder) -> dict:
+        command = [str(python), "-c", TOKENIZE, str(folder), json.dumps(TEXTS)]
+        done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    trained_tokenizer.save_pretrained(tmp_path / "tokenizer")  # alone: beside hf_gpt's config it asks for custom code
+    source = tokenize(sys.executable, tmp_path / "tokenizer")
+    five = tokenize(sys.executable, tmp_path / "gpt2")
+    four = tokenize(transformers_4_python(), tmp_path / "gpt2")
+    assert four["class"] == "GPT2TokenizerFast" and five["class"] == "GPT2Tokenizer"
+    assert four["ids"] == five["ids"] == source["ids"]
+    assert four["decoded"] == five["decoded"] == source["decoded"] == TEXTS  # exact round trips
+    assert four["eos"] == five["eos"] == source["eos"] and four["pad"] == five["pad"] == source["pad"]
 
 
 @pytest.mark.parametrize(
