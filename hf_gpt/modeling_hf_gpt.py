@@ -441,8 +441,8 @@ class HfGptModel(HfGptPreTrainedModel):
         builders = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
         # Given a padding mask, transformers reads it back from the device to see whether it may skip building the
         # mask (no padding after all): a host sync per forward. A caller that checked its batches (values_checked)
-        # pads them, so the mask is built without asking.
-        may_skip = not (VALUES_CHECKED.get() and is_padding_mask(attention_mask))
+        # pads them, so the mask is built without asking. (A compiled forward reads nothing there: nor this flag.)
+        may_skip = not (is_padding_mask(attention_mask) and not torch.compiler.is_compiling() and VALUES_CHECKED.get())
         # Positional arguments: the cache parameter's name differs between transformers versions.
         return {
             kind: builders[kind](
