@@ -4,6 +4,7 @@ model computes what the source did, and writing the result atomically with its t
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -164,9 +165,12 @@ def write_converted(
 def convert(convert_fn: Callable, args: argparse.Namespace) -> Path:
     """Run one conversion from parsed `add_conversion_arguments`, the output checked before the conversion's
     work (and again when it is written)."""
+    options = {} if getattr(args, "outtype", None) is None else {"outtype": args.outtype}
+    if options and "outtype" not in inspect.signature(convert_fn).parameters:
+        raise ValueError("--outtype applies to gguf export only")
     inputs = [p for p in (args.source, args.tokenizer) if p is not None]
     check_output_dir(args.output, args.overwrite, kind=KIND, inputs=inputs)
-    return convert_fn(args.source, args.output, overwrite=args.overwrite, tokenizer=args.tokenizer)
+    return convert_fn(args.source, args.output, overwrite=args.overwrite, tokenizer=args.tokenizer, **options)
 
 
 def run_converter(prog: str, description: str, directions: dict[str, Callable], argv: list[str] | None) -> int:

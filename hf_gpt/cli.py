@@ -25,9 +25,10 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, CorpusOptions)
 
 
-# `hf-gpt convert FORMAT ...`: each format is a converter module of hf_gpt.conversion (openai-gpt: openai_gpt),
-# whose DIRECTIONS it runs.
-FORMATS = ("gpt2", "openai-gpt", "nanogpt")
+# `hf-gpt convert FORMAT ...`: each format is a converter module of hf_gpt.conversion, whose DIRECTIONS it runs.
+# (gguf's is not gguf.py: run as a script, that would hide the `gguf` package it imports.)
+FORMATS = {"gpt2": "gpt2", "openai-gpt": "openai_gpt", "nanogpt": "nanogpt", "gguf": "gguf_file"}
+GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +37,7 @@ def add_conversion_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", help="folder to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier converted folder")
     parser.add_argument("--tokenizer", help="tokenizer folder to carry over (default: the source's, if it has one)")
+    parser.add_argument("--outtype", choices=GGUF_OUTTYPES, help="gguf export: the tensor type (default: f16)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -322,7 +324,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "convert":
         from .conversion.common import convert
 
-        directions = importlib.import_module(f"hf_gpt.conversion.{args.format.replace('-', '_')}").DIRECTIONS
+        directions = importlib.import_module(f"hf_gpt.conversion.{FORMATS[args.format]}").DIRECTIONS
         if args.direction not in directions:
             raise ValueError(f"{args.format} converts only by {' and '.join(directions)}, not {args.direction}")
         convert(directions[args.direction], args)

@@ -44,6 +44,7 @@ def test_rendered_card_parses_back(tmp_path):
     assert (result.metric_type, result.metric_value, result.dataset_name) == (
         "perplexity", 12.34, "corpus (validation split)"
     )  # fmt: skip
+    assert result.dataset_type == "corpus-validation-split"  # an id, as the Hub's model-index wants there
     metadata = yaml.safe_load(path.read_text().split("---")[1])
     assert ModelCardData(**metadata).model_name == "tiny-gpt3"
     text = loaded.text

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..configuration_hf_gpt import HfGptConfig
+from ..files import looks_local
 
 AUTO_CLASSES = {"text-generation": "AutoModelForCausalLM", "text-classification": "AutoModelForSequenceClassification"}
 
@@ -63,22 +65,32 @@ def render_card(
     custom_code: bool = True,
     scores: list[tuple[str, str, float]] = (),
     template: str = "model",
+    gguf_file: str | None = None,
 ) -> ModelCard:
-    """A card for a model folder; `custom_code=False` for a plain GPT-2 export that needs no hf_gpt code.
+    """A card for a model folder; `custom_code=False` for a plain GPT-2 export that needs no hf_gpt code, `gguf_file`
+    for a GGUF export (the file's name in the folder).
 
-    `scores` are (dataset name, metric, value) triples, written as the Hub's model-index metadata.
+    `scores` are (dataset name, metric, value) triples, written as the Hub's model-index metadata (its
+    `dataset.type` wants an id: the name's slug). `base_model` is kept only when it is a Hub repo id: the Hub takes
+    nothing else there, and a local path would publish where the model came from.
     """
     results = [
-        EvalResult(task_type=pipeline_tag, dataset_type=dataset, dataset_name=dataset, metric_type=metric,
+        EvalResult(task_type=pipeline_tag, dataset_type=hub_slug(dataset), dataset_name=dataset, metric_type=metric,
                    metric_value=value)
         for dataset, metric, value in scores
     ]  # fmt: skip
     card_data = ModelCardData(
-        library_name="transformers",
+        library_name="gguf" if gguf_file else "transformers",
         pipeline_tag=pipeline_tag,
-        tags=["hf_gpt", *(["custom_code"] if custom_code else []), "gpt", pipeline_tag],
+        tags=[
+            "hf_gpt",
+            *(["custom_code"] if custom_code else []),
+            *(["gguf"] if gguf_file else []),
+            "gpt",
+            pipeline_tag,
+        ],  # fmt: skip
         datasets=datasets,
-        base_model=base_model,
+        base_model=None if base_model is None or looks_local(base_model) else base_model,
         language=language,
         license=license,
         eval_results=results or None,
@@ -99,7 +111,13 @@ def render_card(
         small_data=small_data,
         remote_code=", trust_remote_code=True" if custom_code else "",
         custom_code=custom_code,
+        gguf_file=gguf_file,
     )
+
+
+def hub_slug(name: str) -> str:
+    """A display name as an id the Hub takes for a dataset: "corpus (validation split)" -> "corpus-validation-split"."""
+    return re.sub(r"[^a-z0-9._]+", "-", name.lower()).strip("-._") or "data"
 
 
 def write_card(card: ModelCard, folder: str | os.PathLike) -> Path:
