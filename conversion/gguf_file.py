@@ -33,6 +33,21 @@ from hf_gpt.hub.cards import render_card
 
 # llama.cpp computes GELU with the tanh approximation (GPT-2's "gelu_new"); these names are that function.
 GGUF_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+GGUF_USAGE = """A GGUF file (llama.cpp's `gpt2` architecture, its tokenizer inside) for llama.cpp and what builds on it:
+
+```bash
+llama-cli -m {file} -p "Once upon a time"
+```
+
+transformers reads it too (with the `gguf` package installed):
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+# n_positions: transformers' GGUF loader does not read it from the file (it takes 1024)
+model = AutoModelForCausalLM.from_pretrained("{path}", gguf_file="{file}", n_positions={context})
+tokenizer = AutoTokenizer.from_pretrained("{path}", gguf_file="{file}")
+```"""
 # Our parameter names (after transformer.h.N.) -> llama.cpp's gpt2 tensor names (after blk.N.).
 BLOCK_TENSORS = {
     "ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
@@ -172,7 +187,8 @@ def export_gguf(
         base_model=source,
         model_path=str(output_dir),
         custom_code=False,
-        gguf_file=file_name,
+        usage=GGUF_USAGE.format(file=file_name, path=output_dir, context=ours.config.max_position_embeddings),
+        library_name="gguf",
     )
     inputs = [p for p in (source, tokenizer) if p is not None]
     with atomic_directory(output_dir, overwrite, kind=KIND, inputs=inputs) as staging:

@@ -26,8 +26,8 @@ def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # `hf-gpt convert FORMAT ...`: each format is a converter module of hf_gpt.conversion, whose DIRECTIONS it runs.
-# (gguf's is not gguf.py: run as a script, that would hide the `gguf` package it imports.)
-FORMATS = {"gpt2": "gpt2", "openai-gpt": "openai_gpt", "nanogpt": "nanogpt", "gguf": "gguf_file"}
+# (gguf's and onnx's are not gguf.py and onnx.py: run as scripts, they would hide the packages they import.)
+FORMATS = {"gpt2": "gpt2", "openai-gpt": "openai_gpt", "nanogpt": "nanogpt", "gguf": "gguf_file", "onnx": "onnx_file"}
 GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")
 
 
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser(
         "convert",
-        help="convert a checkpoint: gpt2 import|export, openai-gpt import, nanogpt import",
+        help="convert a checkpoint: gpt2 import|export, openai-gpt import, nanogpt import, gguf export, onnx export",
         description="Convert a checkpoint to or from hf_gpt, checking the result's logits against the source "
         "(as `python conversion/FORMAT.py DIRECTION ...` does).",
     )

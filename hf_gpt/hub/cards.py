@@ -65,10 +65,11 @@ def render_card(
     custom_code: bool = True,
     scores: list[tuple[str, str, float]] = (),
     template: str = "model",
-    gguf_file: str | None = None,
+    usage: str | None = None,
+    library_name: str = "transformers",
 ) -> ModelCard:
-    """A card for a model folder; `custom_code=False` for a plain GPT-2 export that needs no hf_gpt code, `gguf_file`
-    for a GGUF export (the file's name in the folder).
+    """A card for a model folder; `custom_code=False` for a plain GPT-2 export that needs no hf_gpt code; `usage`
+    (Markdown) for an export that transformers does not run as it is (GGUF, ONNX), with its `library_name`.
 
     `scores` are (dataset name, metric, value) triples, written as the Hub's model-index metadata (its
     `dataset.type` wants an id: the name's slug). `base_model` is kept only when it is a Hub repo id: the Hub takes
@@ -80,12 +81,12 @@ def render_card(
         for dataset, metric, value in scores
     ]  # fmt: skip
     card_data = ModelCardData(
-        library_name="gguf" if gguf_file else "transformers",
+        library_name=library_name,
         pipeline_tag=pipeline_tag,
         tags=[
             "hf_gpt",
             *(["custom_code"] if custom_code else []),
-            *(["gguf"] if gguf_file else []),
+            *([library_name] if usage else []),
             "gpt",
             pipeline_tag,
         ],  # fmt: skip
@@ -111,7 +112,7 @@ def render_card(
         small_data=small_data,
         remote_code=", trust_remote_code=True" if custom_code else "",
         custom_code=custom_code,
-        gguf_file=gguf_file,
+        usage=usage,
     )
 
 

@@ -1,0 +1,141 @@
+"""llama.cpp runs hf_gpt's GGUF export: the same token ids and the same greedy tokens as PyTorch, and its speed.
+
+    pip install llama-cpp-python   # builds llama.cpp from source (minutes): why this is not a CI test
+    python benchmarks/gguf_llama_cpp.py [--model FOLDER] [--new-tokens 64]
+
+Without --model it builds a GPT-2-shaped model (6 x 256, context 256) with wide random weights (std 0.3: greedy
+decoding then wanders instead of repeating one token) and the GPT-2-style tokenizer trained on this script's
+own source. It exports the model with `hf-gpt convert gguf export` in each --outtypes, loads every file in
+llama.cpp (through llama-cpp-python), and checks: llama.cpp's tokenizer gives our ids for a mixed text (its
+pre-tokenizer comes from the file's `tokenizer.ggml.pre = "gpt-2"`), and greedy decoding gives our tokens
+(f32: all of them; rounded types: the tokens until the first divergence are reported). It then times greedy
+decoding at batch 1 in both (same threads) and appends the rows to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = "naïve café — 東京 🙂 the quick  brown\tfox, it's 1234 <|endoftext|> done"
+PROMPT = "def parse_args() -> argparse.Namespace:"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="an hf_gpt model folder (default: build a random one)")
+    parser.add_argument("--outtypes", nargs="+", default=["f32", "f16", "q8_0"])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    return parser.parse_args()
+
+
+def build_model(folder: Path) -> Path:
+    from hf_gpt import HfGptConfig, HfGptForCausalLM
+    from hf_gpt.data.tokenizer import train_bpe_tokenizer
+
+    corpus = folder / "corpus.txt"
+    corpus.write_text(Path(__file__).read_text(encoding="utf-8") * 20, encoding="utf-8")
+    tokenizer = train_bpe_tokenizer([str(corpus)], 512, folder / "tokenizer")
+    config = HfGptConfig.from_preset(
+        "gpt2", vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=6, num_attention_heads=8,
+        max_position_embeddings=256, initializer_range=0.3, bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    HfGptForCausalLM(config).save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def torch_greedy(model, ids: list[int], new_tokens: int) -> tuple[list[int], float]:
+    prompt = torch.tensor([ids])
+    with torch.no_grad():
+        model.generate(prompt, max_new_tokens=2, do_sample=False)  # warm-up
+        started = time.perf_counter()
+        out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        seconds = time.perf_counter() - started
+    return out[0, len(ids) :].tolist(), seconds
+
+
+def llama_greedy(llm, ids: list[int], new_tokens: int) -> tuple[list[int], float]:
+    llm.reset()
+    started = time.perf_counter()
+    tokens = []
+    for token in llm.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+        tokens.append(token)
+        if len(tokens) == new_tokens:
+            break
+    return tokens, time.perf_counter() - started
+
+
+def agreeing_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    from hf_gpt import HfGptForCausalLM
+    from hf_gpt.conversion.gguf_file import export_gguf
+    from hf_gpt.machine import device_name
+
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        source = Path(args.model) if args.model else build_model(scratch)
+        model = HfGptForCausalLM.from_pretrained(source).float().eval()
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+        ours_text_ids = tokenizer(TEXT)["input_ids"]
+        prompt_ids = tokenizer(PROMPT)["input_ids"]
+        expected, torch_seconds = torch_greedy(model, prompt_ids, args.new_tokens)
+        rows = []
+        for outtype in args.outtypes:
+            path = export_gguf(str(source), str(scratch / f"gguf-{outtype}"), outtype=outtype)
+            llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=model.config.max_position_embeddings, n_threads=args.threads,
+                n_batch=64, verbose=False,
+            )  # fmt: skip
+            llama_ids = llm.tokenize(TEXT.encode("utf-8"), add_bos=False, special=True)
+            same_ids = llama_ids == ours_text_ids
+            tokens, seconds = llama_greedy(llm, prompt_ids, args.new_tokens)
+            agree = agreeing_prefix(tokens, expected)
+            rows.append((outtype, same_ids, agree, seconds))
+            print(f"{outtype}: token ids {'equal' if same_ids else 'DIFFER'}; greedy tokens equal for {agree} of "
+                  f"{args.new_tokens}; {args.new_tokens / seconds:.0f} tok/s (PyTorch: "
+                  f"{args.new_tokens / torch_seconds:.0f})")  # fmt: skip
+            if outtype == "f32" and (not same_ids or agree < args.new_tokens):
+                print(f"  ours:      {expected}\n  llama.cpp: {tokens}\n  ids ours {ours_text_ids}\n  llama {llama_ids}")
+
+    import transformers
+
+    header = (
+        f"\n## gguf_llama_cpp, {date.today().isoformat()}\n"
+        f"{device_name(torch.device('cpu'))}, {args.threads} threads; llama-cpp-python {llama_cpp.__version__}, "
+        f"torch {torch.__version__}, transformers {transformers.__version__}; "
+        f"{'model ' + args.model if args.model else 'random GPT-2 shape 6 x 256, context 256, std 0.3'}; "
+        f"greedy, batch 1, {len(prompt_ids)}-token prompt, {args.new_tokens} new tokens\n\n"
+        "| GGUF type | llama.cpp token ids = ours | greedy tokens equal (of new) | llama.cpp tok/s | PyTorch "
+        "generate() tok/s | ratio (>1: llama.cpp faster) |\n|---|---|---|---|---|---|\n"
+    )
+    lines = [
+        f"| {t} | {'yes' if same else 'no'} | {agree} of {args.new_tokens} | {args.new_tokens / s:.0f} | "
+        f"{args.new_tokens / torch_seconds:.0f} | {torch_seconds / s:.2f} |\n"
+        for t, same, agree, s in rows
+    ]
+    with open(args.results, "a", encoding="utf-8") as f:
+        f.write(header + "".join(lines))
+    print(f"rows appended to {args.results}")
+
+
+if __name__ == "__main__":
+    main()
