@@ -84,10 +84,10 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     import llama_cpp
+    from hf_gpt.conversion.gguf_file import export_gguf
     from transformers import AutoTokenizer
 
     from hf_gpt import HfGptForCausalLM
-    from hf_gpt.conversion.gguf_file import export_gguf
     from hf_gpt.machine import device_name
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -114,7 +114,9 @@ def main() -> None:
                   f"{args.new_tokens}; {args.new_tokens / seconds:.0f} tok/s (PyTorch: "
                   f"{args.new_tokens / torch_seconds:.0f})")  # fmt: skip
             if outtype == "f32" and (not same_ids or agree < args.new_tokens):
-                print(f"  ours:      {expected}\n  llama.cpp: {tokens}\n  ids ours {ours_text_ids}\n  llama {llama_ids}")
+                print(
+                    f"  ours:      {expected}\n  llama.cpp: {tokens}\n  ids ours {ours_text_ids}\n  llama {llama_ids}"
+                )
 
     import transformers
 

@@ -129,9 +129,8 @@ def export_onnx(source: str, output_dir: str, overwrite: bool = False, tokenizer
         shutil.copyfile(RUNNER, staging / "generate_onnx.py")
         tokens.save_pretrained(staging)
         card.save(staging / "README.md")
-    print(
-        f"converted {source} -> {output_dir} (model.onnx; run it with python {Path(output_dir) / 'generate_onnx.py'})"
-    )
+    runner = Path(output_dir) / "generate_onnx.py"
+    print(f"converted {source} -> {output_dir} (model.onnx; run it with python {runner} {output_dir} PROMPT)")
     return Path(output_dir)
 
 
