@@ -4,12 +4,12 @@
     python benchmarks/gguf_llama_cpp.py [--model FOLDER] [--new-tokens 64]
 
 Without --model it builds a GPT-2-shaped model (6 x 256, context 256) with wide random weights (std 0.3: greedy
-decoding then wanders instead of repeating one token) and the GPT-2-style tokenizer trained on this script's
-own source. It exports the model with `hf-gpt convert gguf export` in each --outtypes, loads every file in
-llama.cpp (through llama-cpp-python), and checks: llama.cpp's tokenizer gives our ids for a mixed text (its
-pre-tokenizer comes from the file's `tokenizer.ggml.pre = "gpt-2"`), and greedy decoding gives our tokens
-(f32: all of them; rounded types: the tokens until the first divergence are reported). It then times greedy
-decoding at batch 1 in both (same threads) and appends the rows to benchmarks/RESULTS.md.
+decoding then wanders instead of repeating one token) and a GPT-2-style tokenizer trained on these scripts. It
+exports the model with `hf-gpt convert gguf export` in each --outtypes and loads every file in llama.cpp
+(through llama-cpp-python). Checked: llama.cpp's tokenizer gives our ids for a mixed text (its pre-tokenizer
+comes from the file's `tokenizer.ggml.pre = "gpt-2"`), and greedy decoding gives our tokens (how many agree is
+reported: rounded types part at near-ties). Then greedy decoding at batch 1 is timed in both, with the same
+threads, and the rows go to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
@@ -38,21 +37,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_model(folder: Path) -> Path:
-    from hf_gpt import HfGptConfig, HfGptForCausalLM
-    from hf_gpt.data.tokenizer import train_bpe_tokenizer
+    """A GPT-2-shaped model, 6 x 256 with context 256, wide random weights (std 0.3: greedy decoding then wanders
+    instead of repeating one token)."""
+    from random_model import build_random_model
 
-    corpus = folder / "corpus.txt"
-    corpus.write_text(Path(__file__).read_text(encoding="utf-8") * 20, encoding="utf-8")
-    tokenizer = train_bpe_tokenizer([str(corpus)], 512, folder / "tokenizer")
-    config = HfGptConfig.from_preset(
-        "gpt2", vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=6, num_attention_heads=8,
-        max_position_embeddings=256, initializer_range=0.3, bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    HfGptForCausalLM(config).save_pretrained(folder / "model")
-    tokenizer.save_pretrained(folder / "model")
-    return folder / "model"
+    shape = {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "max_position_embeddings": 256}
+    return build_random_model(folder, 512, initializer_range=0.3, **shape)
 
 
 def torch_greedy(model, ids: list[int], new_tokens: int) -> tuple[list[int], float]:
@@ -119,24 +109,22 @@ def main() -> None:
                 )
 
     import transformers
+    from results import append_section
 
-    header = (
-        f"\n## gguf_llama_cpp, {date.today().isoformat()}\n"
+    description = (
         f"{device_name(torch.device('cpu'))}, {args.threads} threads; llama-cpp-python {llama_cpp.__version__}, "
         f"torch {torch.__version__}, transformers {transformers.__version__}; "
         f"{'model ' + args.model if args.model else 'random GPT-2 shape 6 x 256, context 256, std 0.3'}; "
-        f"greedy, batch 1, {len(prompt_ids)}-token prompt, {args.new_tokens} new tokens\n\n"
-        "| GGUF type | llama.cpp token ids = ours | greedy tokens equal (of new) | llama.cpp tok/s | PyTorch "
-        "generate() tok/s | ratio (>1: llama.cpp faster) |\n|---|---|---|---|---|---|\n"
+        f"greedy, batch 1, {len(prompt_ids)}-token prompt, {args.new_tokens} new tokens"
     )
-    lines = [
-        f"| {t} | {'yes' if same else 'no'} | {agree} of {args.new_tokens} | {args.new_tokens / s:.0f} | "
-        f"{args.new_tokens / torch_seconds:.0f} | {torch_seconds / s:.2f} |\n"
+    columns = ["GGUF type", "llama.cpp token ids = ours", "greedy tokens equal", "llama.cpp tok/s",
+               "PyTorch generate() tok/s", "ratio (>1: llama.cpp faster)"]  # fmt: skip
+    table = [
+        [t, "yes" if same else "no", f"{agree} of {args.new_tokens}", f"{args.new_tokens / s:.0f}",
+         f"{args.new_tokens / torch_seconds:.0f}", f"{torch_seconds / s:.2f}"]
         for t, same, agree, s in rows
-    ]
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write(header + "".join(lines))
-    print(f"rows appended to {args.results}")
+    ]  # fmt: skip
+    append_section(args.results, "gguf_llama_cpp", description, columns, table)
 
 
 if __name__ == "__main__":

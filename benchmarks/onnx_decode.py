@@ -15,11 +15,11 @@ import argparse
 import importlib.util
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 from gguf_llama_cpp import PROMPT, build_model
+from results import append_section
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,24 +96,19 @@ def main() -> None:
             print(f"batch {batch}: greedy tokens equal for {agreement}; onnxruntime {onnx_seconds:.2f} s, "
                   f"PyTorch generate() {torch_seconds:.2f} s")  # fmt: skip
 
-    header = (
-        f"\n## onnx_decode, {date.today().isoformat()}\n"
+    description = (
         f"{device_name(torch.device('cpu'))}, {args.threads} threads; onnxruntime {onnxruntime.__version__}, "
         f"torch {torch.__version__}, transformers {transformers.__version__}; "
         f"{'model ' + args.model if args.model else 'random GPT-2 shape 6 x 256, context 256, std 0.3'}; "
-        f"greedy, {len(prompt)}-token prompt, {args.new_tokens} new tokens, fp32\n\n"
-        "| batch | greedy tokens equal | onnxruntime tok/s | PyTorch generate() tok/s | "
-        "ratio (>1: onnxruntime faster) |\n"
-        "|---|---|---|---|---|\n"
+        f"greedy, {len(prompt)}-token prompt, {args.new_tokens} new tokens, fp32"
     )
-    lines = [
-        f"| {batch} | {agreement} | {batch * args.new_tokens / o:.0f} | {batch * args.new_tokens / t:.0f} | "
-        f"{t / o:.2f} |\n"
+    columns = ["batch", "greedy tokens equal", "onnxruntime tok/s", "PyTorch generate() tok/s",
+               "ratio (>1: onnxruntime faster)"]  # fmt: skip
+    table = [
+        [batch, agreement, f"{batch * args.new_tokens / o:.0f}", f"{batch * args.new_tokens / t:.0f}", f"{t / o:.2f}"]
         for batch, agreement, o, t in rows
     ]
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write(header + "".join(lines))
-    print(f"rows appended to {args.results}")
+    append_section(args.results, "onnx_decode", description, columns, table)
 
 
 if __name__ == "__main__":
