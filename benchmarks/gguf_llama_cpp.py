@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from export_common import greedy_agreement
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXT = "naïve café — 東京 🙂 the quick  brown\tfox, it's 1234 <|endoftext|> done"
@@ -39,7 +40,7 @@ def parse_args() -> argparse.Namespace:
 def build_model(folder: Path) -> Path:
     """A GPT-2-shaped model, 6 x 256 with context 256, wide random weights (std 0.3: greedy decoding then wanders
     instead of repeating one token)."""
-    from random_model import build_random_model
+    from export_common import build_random_model
 
     shape = {"hidden_size": 256, "num_hidden_layers": 6, "num_attention_heads": 8, "max_position_embeddings": 256}
     return build_random_model(folder, 512, initializer_range=0.3, **shape)
@@ -66,10 +67,6 @@ def llama_greedy(llm, ids: list[int], new_tokens: int) -> tuple[list[int], float
     return tokens, time.perf_counter() - started
 
 
-def agreeing_prefix(a: list[int], b: list[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-
-
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -88,25 +85,29 @@ def main() -> None:
         ours_text_ids = tokenizer(TEXT)["input_ids"]
         prompt_ids = tokenizer(PROMPT)["input_ids"]
         expected, torch_seconds = torch_greedy(model, prompt_ids, args.new_tokens)
+        with torch.no_grad():
+            our_logits = model(torch.tensor([prompt_ids + expected])).logits[0]
         rows = []
         for outtype in args.outtypes:
             path = export_gguf(str(source), str(scratch / f"gguf-{outtype}"), outtype=outtype)
+            # An f32 file gets an f32 KV cache too (llama.cpp's default is f16, which shows in the logits).
+            cache = {"type_k": 0, "type_v": 0} if outtype == "f32" else {}
             llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=model.config.max_position_embeddings, n_threads=args.threads,
-                n_batch=64, verbose=False,
+                n_batch=64, logits_all=True, verbose=False, **cache,
             )  # fmt: skip
             llama_ids = llm.tokenize(TEXT.encode("utf-8"), add_bos=False, special=True)
             same_ids = llama_ids == ours_text_ids
+            llm.eval(expected_sequence := prompt_ids + expected)  # logits at every position of our greedy text
+            difference = float(abs(torch.tensor(llm.scores[: len(expected_sequence)]) - our_logits).max())
             tokens, seconds = llama_greedy(llm, prompt_ids, args.new_tokens)
-            agree = agreeing_prefix(tokens, expected)
-            rows.append((outtype, same_ids, agree, seconds))
-            print(f"{outtype}: token ids {'equal' if same_ids else 'DIFFER'}; greedy tokens equal for {agree} of "
-                  f"{args.new_tokens}; {args.new_tokens / seconds:.0f} tok/s (PyTorch: "
-                  f"{args.new_tokens / torch_seconds:.0f})")  # fmt: skip
-            if outtype == "f32" and (not same_ids or agree < args.new_tokens):
-                print(
-                    f"  ours:      {expected}\n  llama.cpp: {tokens}\n  ids ours {ours_text_ids}\n  llama {llama_ids}"
-                )
+            agree = greedy_agreement(model, [expected_sequence], [prompt_ids + tokens], len(prompt_ids))
+            rows.append((outtype, same_ids, difference, agree, seconds))
+            speeds = f"{args.new_tokens / seconds:.0f} tok/s (PyTorch: {args.new_tokens / torch_seconds:.0f})"
+            print(f"{outtype}: token ids {'equal' if same_ids else 'DIFFER'}; largest logit difference "
+                  f"{difference:.3g}; greedy tokens equal: {agree}; {speeds}")  # fmt: skip
+            if not same_ids:
+                print(f"  text ids, ours: {ours_text_ids}\n  llama.cpp: {llama_ids}")
 
     import transformers
     from results import append_section
@@ -117,12 +118,20 @@ def main() -> None:
         f"{'model ' + args.model if args.model else 'random GPT-2 shape 6 x 256, context 256, std 0.3'}; "
         f"greedy, batch 1, {len(prompt_ids)}-token prompt, {args.new_tokens} new tokens"
     )
-    columns = ["GGUF type", "llama.cpp token ids = ours", "greedy tokens equal", "llama.cpp tok/s",
-               "PyTorch generate() tok/s", "ratio (>1: llama.cpp faster)"]  # fmt: skip
+    columns = [
+        "GGUF type",
+        "llama.cpp token ids = ours",
+        "largest logit difference (of max |logit|)",
+        "greedy tokens equal",
+        "llama.cpp tok/s",
+        "PyTorch generate() tok/s",
+        "ratio (>1: llama.cpp faster)",
+    ]
+    scale = float(our_logits.abs().max())
     table = [
-        [t, "yes" if same else "no", f"{agree} of {args.new_tokens}", f"{args.new_tokens / s:.0f}",
+        [t, "yes" if same else "no", f"{difference:.3g} (of {scale:.1f})", agree, f"{args.new_tokens / s:.0f}",
          f"{args.new_tokens / torch_seconds:.0f}", f"{torch_seconds / s:.2f}"]
-        for t, same, agree, s in rows
+        for t, same, difference, agree, s in rows
     ]  # fmt: skip
     append_section(args.results, "gguf_llama_cpp", description, columns, table)
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from export_common import greedy_agreement
 from gguf_llama_cpp import PROMPT, build_model
 from results import append_section
 
@@ -40,23 +41,6 @@ def runner_of(folder: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def greedy_agreement(model, expected: torch.Tensor, produced, prompt_length: int) -> str:
-    """How many new tokens agree in every row ("64 of 64"), and where they part, how far apart PyTorch's two best
-    logits were there (a near-tie that float rounding decides differently, or a real difference)."""
-    expected, produced = expected.tolist(), produced.tolist()
-    new = len(expected[0]) - prompt_length
-    parts = [
-        next((i for i in range(prompt_length, len(e)) if e[i] != p[i]), None)
-        for e, p in zip(expected, produced, strict=True)
-    ]
-    if all(part is None for part in parts):
-        return f"{new} of {new}"
-    row, part = min(((r, p) for r, p in enumerate(parts) if p is not None), key=lambda item: item[1])
-    with torch.no_grad():
-        top = model(torch.tensor([expected[row][:part]])).logits[0, -1].topk(2).values
-    return f"{part - prompt_length} of {new} (then a top-2 margin of {float(top[0] - top[1]):.1e})"
 
 
 def main() -> None:
@@ -91,7 +75,7 @@ def main() -> None:
             started = time.perf_counter()
             produced = generator.generate([prompt] * batch, max_new_tokens=args.new_tokens, eos_token_id=-1)
             onnx_seconds = time.perf_counter() - started
-            agreement = greedy_agreement(model, expected, produced, len(prompt))
+            agreement = greedy_agreement(model, expected.tolist(), produced.tolist(), len(prompt))
             rows.append((batch, agreement, onnx_seconds, torch_seconds))
             print(f"batch {batch}: greedy tokens equal for {agreement}; onnxruntime {onnx_seconds:.2f} s, "
                   f"PyTorch generate() {torch_seconds:.2f} s")  # fmt: skip

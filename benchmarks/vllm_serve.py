@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from random_model import build_random_model
+from export_common import build_random_model
 from results import append_section
 
 ROOT = Path(__file__).resolve().parent.parent

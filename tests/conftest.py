@@ -72,7 +72,8 @@ def run_on_two_cpu_processes(cli_arguments: list[str], cwd: Path) -> subprocess.
         "-m", "hf_gpt.cli",
     ]  # fmt: skip
     environment = {**os.environ, "ACCELERATE_USE_CPU": "true"}
-    return subprocess.run(launch + cli_arguments, env=environment, capture_output=True, text=True, cwd=cwd)
+    # A time limit, so that a process group that hangs fails the test instead of holding up the whole suite.
+    return subprocess.run(launch + cli_arguments, env=environment, capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
 def check_two_processes_train_like_one(command_for, tmp_path: Path, steps: int) -> tuple[Path, Path]:

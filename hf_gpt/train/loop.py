@@ -395,7 +395,7 @@ class TrainingLoop(abc.ABC):
         self.resume()
         if self.progress.step >= self.max_steps:  # resumed after the last step: nothing left to train
             model_dir = self.finish_completed_run()
-            accelerator.end_training()
+            self.close()
             return model_dir
         accelerator.init_trackers("hf_gpt", config={k: str(v) for k, v in args.to_json().items()})
         accelerator.print(
@@ -429,10 +429,18 @@ class TrainingLoop(abc.ABC):
             if stopping:
                 accelerator.print(f"interrupted at step {self.progress.step}: saved a checkpoint and the model")
             model_dir = self.save_model(self.last_evaluation(), interrupted=stopping)
-        accelerator.end_training()  # closes the trackers, and the process group: last
+        self.close()
         if stopping:
             raise KeyboardInterrupt
         return model_dir
+
+    def close(self) -> None:
+        """Release the prepared model, optimizer and loaders, then close the trackers and the process group. In that
+        order: a DDP model freed after its gloo process group was destroyed can wait forever in the group's
+        destructor (seen with two CPU processes, once the run was over)."""
+        self.model = self.optimizer = self.scheduler = self.val = None
+        self.accelerator.free_memory()
+        self.accelerator.end_training()
 
     def after_step(self, loss: float, lr: float, grad_norm: float | None, seconds: float, stopping: bool) -> None:
         """Count, show, log, evaluate and checkpoint, each on its own schedule (and a checkpoint on Ctrl-C)."""

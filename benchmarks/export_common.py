@@ -1,4 +1,5 @@
-"""A random hf_gpt model folder with a small tokenizer, for the export and serving benchmarks: nothing downloaded."""
+"""What the export and serving benchmarks share: a random model folder (nothing downloaded), and how far two greedy
+decodings agree."""
 
 from __future__ import annotations
 
@@ -25,3 +26,19 @@ def build_random_model(folder: Path, vocab_size: int, **config) -> Path:
     )
     tokenizer.save_pretrained(folder / "model")
     return folder / "model"
+
+
+def greedy_agreement(model, expected: list[list[int]], produced: list[list[int]], prompt_length: int) -> str:
+    """How many new tokens agree in every row ("64 of 64"), and where they part, how far apart `model`'s two best
+    logits were there: a near-tie that float rounding decides either way, or a real difference."""
+    new = len(expected[0]) - prompt_length
+    parts = [
+        next((i for i in range(prompt_length, min(len(e), len(p))) if e[i] != p[i]), None)
+        for e, p in zip(expected, produced, strict=True)
+    ]
+    if all(part is None for part in parts):
+        return f"{new} of {new}"
+    row, part = min(((r, p) for r, p in enumerate(parts) if p is not None), key=lambda item: item[1])
+    with torch.no_grad():
+        top = model(torch.tensor([expected[row][:part]])).logits[0, -1].topk(2).values
+    return f"{part - prompt_length} of {new} (then a top-2 margin of {float(top[0] - top[1]):.1e})"
