@@ -47,9 +47,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `hf-gpt` parser. With `command`, only that command's flags are added (the others are listed by name):
+    pretrain's and finetune's come from argument dataclasses whose modules load the training stack (torch,
+    accelerate, transformers), which `hf-gpt prepare-data` should not wait for."""
     parser = Parser(prog="hf-gpt", description="Train, prepare data for, and share GPT models.")
     commands = parser.add_subparsers(dest="command", required=True)
+    with_flags = {name: command is None or command == name for name in ("pretrain", "finetune", "estimate")}
 
     train = commands.add_parser("train-tokenizer", help="train a GPT-2-style byte-level BPE tokenizer")
     add_corpus_arguments(train)
@@ -78,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=POSITIVE_INT.parse, default=None, help="encoding processes (default: all cores)"
     )
 
-    add_pretrain_parser(commands)
-    add_finetune_parser(commands)
+    add_pretrain_parser(commands, with_flags["pretrain"])
+    add_finetune_parser(commands, with_flags["finetune"])
     add_generate_parser(commands)
     add_eval_parser(commands)
-    add_estimate_parser(commands)
+    add_estimate_parser(commands, with_flags["estimate"])
 
     push = commands.add_parser("push", help="upload a model folder to the Hub (HF_ENDPOINT) in one commit")
     push.add_argument("folder", help="model folder (e.g. OUTPUT/model of hf-gpt pretrain)")
@@ -123,21 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_pretrain_parser(commands) -> None:
-    from .train.pretraining_setup import PretrainArguments
-
+def add_pretrain_parser(commands, with_flags: bool = True) -> None:
     p = commands.add_parser(
         "pretrain",
         help="train a GPT from scratch (also under `accelerate launch`)",
         description="Train a GPT from scratch. Writes OUTPUT/model (save_pretrained folder), "
         "OUTPUT/checkpoints and OUTPUT/logs. Runs unchanged under `accelerate launch` on many GPUs.",
     )
-    add_arguments(p, PretrainArguments)
+    if with_flags:
+        from .train.pretraining_setup import PretrainArguments
+
+        add_arguments(p, PretrainArguments)
 
 
-def add_finetune_parser(commands) -> None:
-    from .train.finetuning import FinetuneArguments
-
+def add_finetune_parser(commands, with_flags: bool = True) -> None:
     p = commands.add_parser(
         "finetune",
         help="fine-tune a pretrained GPT on a task, GPT-1 style",
@@ -148,7 +151,10 @@ def add_finetune_parser(commands) -> None:
         "Writes OUTPUT/model (save_pretrained folder with eval_results.json), OUTPUT/checkpoints and OUTPUT/logs, "
         "as pretrain does, and runs unchanged under `accelerate launch`.",
     )
-    add_arguments(p, FinetuneArguments)
+    if with_flags:
+        from .train.finetuning import FinetuneArguments
+
+        add_arguments(p, FinetuneArguments)
 
 
 def add_generate_parser(commands) -> None:
@@ -230,9 +236,7 @@ def add_eval_options(parser: argparse.ArgumentParser, output_help: str) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="for models whose code is in their folder")
 
 
-def add_estimate_parser(commands) -> None:
-    from .estimate import ATTENTIONS, PRECISIONS
-
+def add_estimate_parser(commands, with_flags: bool = True) -> None:
     p = commands.add_parser(
         "estimate",
         help="parameters, training FLOPs, memory, GPU time and cost of a model, before training it",
@@ -241,6 +245,10 @@ def add_estimate_parser(commands) -> None:
         "states, activations) and GPU time. GPT-3's published figure: "
         "`hf-gpt estimate gpt3-175b --tokens 300B --gpu-tflops 28 --mfu 1` gives 3.14e23 FLOPs, 355 GPU-years.",
     )
+    if not with_flags:
+        return
+    from .estimate import ATTENTIONS, PRECISIONS
+
     p.add_argument("model", help="a preset name or a config.json (or its folder)")
     p.add_argument(
         "--set",
@@ -363,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     no memory) or a run that diverged, 130 for Ctrl-C. What a command staged is removed before it returns."""
     command, args = "hf-gpt", None
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(requested_command(sys.argv[1:] if argv is None else argv)).parse_args(argv)
         command = f"hf-gpt {args.command}"
         run(args)
     except KeyboardInterrupt:
@@ -384,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{command}: error: weights file: {e}", file=sys.stderr)
         return 1 if environment_failure(e) else 2
     return 0
+
+
+def requested_command(argv: Sequence[str]) -> str:
+    """The command a command line names (its first word that is not a flag; "" for none, as in `hf-gpt --help`)."""
+    return next((word for word in argv if not word.startswith("-")), "")
 
 
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM}

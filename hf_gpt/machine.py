@@ -9,8 +9,10 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: `available_cores` serves commands that never load it
+    import torch
 
 
 def available_cores() -> int:
@@ -29,6 +31,8 @@ def cpu_name() -> str:
 
 def device_name(device: torch.device | None = None) -> str:
     """The GPU's name, or the CPU's with its cores; `device` defaults to the GPU when there is one."""
+    import torch
+
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
@@ -36,11 +40,14 @@ def device_name(device: torch.device | None = None) -> str:
     return f"{cpu_name()}, {available_cores()} cores" if device.type == "cpu" else device.type
 
 
-def measured_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
+def measured_peak_flops(device: torch.device, dtype: torch.dtype | None = None, seconds: float = 0.3) -> float:
     """FLOP/s of a large matmul in `dtype` (the training precision) on this device: the denominator of MFU.
 
     Measured rather than looked up, so MFU means the same on a CPU, a consumer GPU or an H100.
     """
+    import torch
+
+    dtype = dtype or torch.float32
     if device.type == "cpu" and dtype == torch.float16:
         dtype = torch.float32
     size = 8192 if device.type == "cuda" else 1024
@@ -61,4 +68,6 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
+        import torch
+
         torch.cuda.synchronize(device)

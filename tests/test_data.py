@@ -5,6 +5,7 @@ import os
 import pickle
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,9 +13,11 @@ import pytest
 import torch
 from conftest import varied_text
 from test_tokenizer import assert_nothing_written, console_script
+from transformers import AutoTokenizer
 
+from hf_gpt.data.blocks import TokenBlocks
 from hf_gpt.data.tokenizer import tokenizer_from_gpt2_files
-from hf_gpt.data.tokens import TokenBlocks, prepare_data, read_manifest, token_dtype
+from hf_gpt.data.tokens import prepare_data, read_manifest, token_dtype
 
 
 def encode_plain(tokenizer, text):
@@ -325,3 +328,35 @@ def test_overwrite_never_removes_inputs_or_foreign_folders(trained_tokenizer_dir
     prepare_data([jsonl_corpus], trained_tokenizer_dir, tmp_path / "data", workers=1)
     prepare_data([jsonl_corpus], trained_tokenizer_dir, tmp_path / "data", overwrite=True, workers=1, val_fraction=0.2)
     assert read_manifest(tmp_path / "data")["val_fraction"] == 0.2  # an earlier output is replaced
+
+
+LAUNCH = """
+import sys
+from hf_gpt_launcher import main
+sys.argv = ["hf-gpt", *sys.argv[1:]]
+code = main()
+print("loaded:", "torch" in sys.modules, "transformers" in sys.modules)
+sys.exit(code)
+"""
+
+
+def test_the_data_commands_start_without_torch_or_transformers(trained_tokenizer_dir, tmp_path):
+    """Both take seconds to import; the tokenizer and data commands need neither to read and encode text (the
+    tokenizer trainer imports transformers only to save its result, after training)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(varied_text(seed, 300) for seed in range(20)), encoding="utf-8")
+    command = [sys.executable, "-c", LAUNCH, "prepare-data", str(corpus), "--tokenizer", str(trained_tokenizer_dir),
+               "--output", str(tmp_path / "data"), "--workers", "1", "--val-fraction", "0"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "loaded: False False"
+    # The same packed tokens as the Python API with a transformers tokenizer gives.
+    tokenizer = AutoTokenizer.from_pretrained(trained_tokenizer_dir)
+    prepare_data([corpus], tokenizer, tmp_path / "again", workers=1, val_fraction=0)
+    assert (tmp_path / "data" / "train.bin").read_bytes() == (tmp_path / "again" / "train.bin").read_bytes()
+    assert read_manifest(tmp_path / "data")["tokenizer"] == read_manifest(tmp_path / "again")["tokenizer"]
+    command = [sys.executable, "-c", LAUNCH, "train-tokenizer", str(corpus), "--vocab-size", "300", "--output",
+               str(tmp_path / "tokenizer")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "loaded: False True"  # transformers for save_pretrained, at the end

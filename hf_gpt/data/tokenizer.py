@@ -11,15 +11,18 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from ..files import atomic_directory, check_output_dir
+from ..files import atomic_directory, check_output_dir, read_json_object
 from ..ranges import COUNT, POSITIVE_INT
 from .documents import Corpus
+
+if TYPE_CHECKING:  # transformers takes seconds to import: imported where a transformers tokenizer is made
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 SEPARATOR = "<|endoftext|>"
 BYTE_ALPHABET = 256
@@ -49,6 +52,8 @@ def check_special_tokens(special_tokens: Sequence[str]) -> list[str]:
 def as_transformers_tokenizer(
     tokenizer: Tokenizer, special_tokens: Sequence[str], model_max_length: int
 ) -> PreTrainedTokenizerFast:
+    from transformers import PreTrainedTokenizerFast
+
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=SEPARATOR,
@@ -147,16 +152,55 @@ def save_tokenizer(
     return Path(output_dir)
 
 
-def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """A tokenizer folder; what is missing or broken in it is a clear error naming the folder."""
+def check_tokenizer_folder(path: str | os.PathLike) -> None:
     if not Path(path).is_dir():
         raise FileNotFoundError(f"tokenizer folder {path} does not exist")
     if not any((Path(path) / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
         raise FileNotFoundError(f"{path} holds no tokenizer (no tokenizer.json, vocab.json or tokenizer_config.json)")
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """A tokenizer folder; what is missing or broken in it is a clear error naming the folder."""
+    check_tokenizer_folder(path)
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # tokenizers and transformers raise many kinds for a damaged file
         raise ValueError(f"the tokenizer in {path} cannot be loaded: {e}") from None
+
+
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """A tokenizer folder as the tokenizers library reads it: what encoding packed token files needs, under the
+    names a transformers tokenizer has, without importing transformers (seconds, on a command that needs none)."""
+
+    backend_tokenizer: Tokenizer
+    eos_token_id: int | None
+
+    def __len__(self) -> int:
+        return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def convert_ids_to_tokens(self, index: int) -> str | None:
+        return self.backend_tokenizer.id_to_token(index)
+
+
+def read_tokenizer_files(path: str | os.PathLike) -> TokenizerFiles | PreTrainedTokenizerBase:
+    """A tokenizer folder for encoding: its tokenizer.json, and the eos token its tokenizer_config.json names, read
+    without transformers; a folder without tokenizer.json (GPT-2's vocab.json and merges.txt) through it."""
+    check_tokenizer_folder(path)
+    folder = Path(path)
+    if not (folder / "tokenizer.json").is_file():
+        return load_tokenizer(folder)
+    try:
+        backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception for a damaged file
+        raise ValueError(f"the tokenizer in {path} cannot be loaded: {e}") from None
+    settings_file = folder / "tokenizer_config.json"
+    settings = read_json_object(settings_file, "tokenizer settings") if settings_file.is_file() else {}
+    eos = settings.get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos  # an AddedToken, as older files write it
+    return TokenizerFiles(backend, backend.token_to_id(eos) if isinstance(eos, str) else None)
 
 
 def backend_of(tokenizer: PreTrainedTokenizerBase | Tokenizer) -> Tokenizer:

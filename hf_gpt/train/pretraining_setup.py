@@ -13,9 +13,10 @@ from accelerate import Accelerator, PartialState
 from transformers import PreTrainedTokenizerBase
 
 from ..configuration_hf_gpt import PRESETS, HfGptConfig
+from ..data.blocks import TokenBlocks
 from ..data.documents import CorpusOptions, SplitOptions
 from ..data.tokenizer import load_tokenizer, train_bpe_tokenizer
-from ..data.tokens import MANIFEST, TokenBlocks, prepare_data, read_manifest
+from ..data.tokens import MANIFEST, prepare_data, read_manifest
 from ..files import read_json_object
 from ..options import check_ranges, option
 from ..ranges import COUNT, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROPORTION, SEED, SHARE
