@@ -121,7 +121,7 @@ def main() -> None:
     columns = [
         "GGUF type",
         "llama.cpp token ids = ours",
-        "largest logit difference (of max |logit|)",
+        "largest logit difference (largest logit)",
         "greedy tokens equal",
         "llama.cpp tok/s",
         "PyTorch generate() tok/s",
