@@ -17,6 +17,8 @@ LIGHT_COMMANDS = ("train-tokenizer", "prepare-data")
 def skip_package_init() -> None:
     """Stand an unexecuted module in for `hf_gpt`, with the package's search path, so its submodules import
     without running `hf_gpt/__init__.py`."""
+    if "hf_gpt" in sys.modules:  # already imported (a caller of main() in Python): keep it
+        return
     spec = importlib.util.find_spec("hf_gpt")
     if spec is not None and spec.submodule_search_locations is not None:
         sys.modules["hf_gpt"] = importlib.util.module_from_spec(spec)
