@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import VARIED, WITHOUT_HF_GPT, varied_text
 from hypothesis import HealthCheck, example, given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
-from hf_gpt.data.encoding import CachedEncoder, gpt2_bytes_to_unicode, is_gpt2_byte_level
+from hf_gpt.data.encoding import CachedEncoder, WordTable, gpt2_bytes_to_unicode, is_gpt2_byte_level
 from hf_gpt.data.tokenizer import (
     SEPARATOR,
     tokenizer_fingerprint,
@@ -88,6 +89,35 @@ def test_cached_encoder_equals_tokenizer(trained_tokenizer, parts):
     expected = trained_tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
     assert encoder.encode(text).tolist() == expected
     assert encoder.encode(text).tolist() == expected  # again, now from the cache
+
+
+# Texts whose neighbours would change their words if they were simply joined: trailing and leading
+# whitespace, a dangling apostrophe before "s"/"ll", letters that would run on, empty texts.
+EDGES = ["", " ", "  ", "\n", "\t ", "'", "s", "ll", "'s", "'ll ", "a", "1", ".", " x", "\u00a0", "é", "\x00"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.one_of(st.sampled_from(EDGES + list(VARIED)), st.text(max_size=8)), max_size=12))
+def test_batch_encodes_each_text_as_if_alone(trained_tokenizer, texts):
+    encoder = CachedEncoder(trained_tokenizer.backend_tokenizer)
+    expected = [trained_tokenizer(t, add_special_tokens=False, split_special_tokens=True).input_ids for t in texts]
+    assert [ids.tolist() for ids in encoder.encode_batch(texts)] == expected
+
+
+@settings(max_examples=50, deadline=None)
+@given(keys=st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(1, 2**64 - 1)), unique=True, max_size=300))
+def test_word_table_finds_every_key_through_collisions_and_growth(keys):
+    table = WordTable(bits=1)  # two slots: every insert collides, and the table grows many times
+    low = np.array([k[0] for k in keys], dtype=np.uint64)
+    high = np.array([k[1] for k in keys], dtype=np.uint64)
+    for part in np.array_split(np.arange(len(keys)), 4):
+        table.put(low[part], high[part], part)
+    assert table.get(low, high).tolist() == list(range(len(keys)))
+    index = {key: i for i, key in enumerate(keys)}
+    shifted = low + np.uint64(1)  # wraps; mostly absent keys, some present
+    expected = [index.get((int(a), int(b)), -1) for a, b in zip(shifted, high, strict=True)]
+    assert table.get(shifted, high).tolist() == expected
+    assert len(table.values) >= 2 * len(keys)  # never more than half full
 
 
 def test_cached_encoder_on_long_text_and_small_cache(trained_tokenizer):

@@ -58,7 +58,8 @@ class SplitOptions:
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 DATASET_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
-SAFE_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")
+# Greedy: matches up to the LAST blank or newline between two non-space characters, found from the end.
+LAST_SAFE_CUT = re.compile(r"(?s:.*)(?<=\S)[ \n](?=\S)")
 SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -86,9 +87,8 @@ def safe_cut(text: str, start: int, stop: int) -> int | None:
     apostrophe (a contraction may start there).
     """
     for window_start in (max(start + 1, stop - 4096), start + 1):
-        cuts = [m.start() for m in SAFE_CUT.finditer(text, window_start, stop + 1)]
-        if cuts:
-            return cuts[-1]
+        if last := LAST_SAFE_CUT.match(text, window_start, stop + 1):
+            return last.end() - 1
     right = char_class(text[stop])
     for i in range(stop, max(start + 1, stop - 4096) - 1, -1):
         left = char_class(text[i - 1])
@@ -193,8 +193,13 @@ class Corpus:
 
     def _clean(self, text: str, where: str) -> str:
         """Apply the invalid-UTF-8 policy to text decoded with surrogateescape."""
-        if text.isascii() or not SURROGATE.search(text):
+        if text.isascii():
             return text
+        try:
+            text.encode("utf-8")  # only a surrogate stops this: there is nothing to clean
+            return text
+        except UnicodeEncodeError:
+            pass
         if self.invalid_utf8 == "error":
             bad = SURROGATE.search(text).start()
             raise ValueError(

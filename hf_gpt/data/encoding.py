@@ -2,9 +2,11 @@
 
 Natural text is Zipfian: almost every pre-tokenized word has been seen before. So instead of running
 the BPE merges on every word, we split the text into GPT-2's regex words with vectorised numpy code,
-look every word up in a cache of word -> token ids, send only the unseen words through the BPE model,
-and gather the ids. The result equals `tokenizer.encode(text)` with special tokens treated as plain
-text (tiktoken's `encode_ordinary`), which a test checks on arbitrary Unicode.
+look every word up in a cache of word -> token ids (a numpy hash table keyed by the word's bytes, so a
+lookup is a few array operations for a whole text, not a Python call per word), send only the unseen
+words through the BPE model, and gather the ids. Many texts are encoded in one pass, each as if alone.
+The result equals `tokenizer.encode(text)` with special tokens treated as plain text (tiktoken's
+`encode_ordinary`), which tests check on arbitrary Unicode.
 
 The split follows GPT-2's pattern
     's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
@@ -24,7 +26,6 @@ UNKNOWN = 255
 APOSTROPHE, BLANK = ord("'"), ord(" ")
 CONTRACTIONS_2 = [ord(c) for c in "sdmt"]  # 's 'd 'm 't
 CONTRACTIONS_3 = [(ord(a), ord(b)) for a, b in ("ll", "ve", "re")]  # 'll 've 're
-PACKED_BYTES = 8  # words up to this many UTF-8 bytes are cached under one uint64 key
 
 
 def gpt2_bytes_to_unicode() -> dict[int, str]:
@@ -34,8 +35,8 @@ def gpt2_bytes_to_unicode() -> dict[int, str]:
     return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
 
 
-# A word's UTF-8 bytes, read as latin-1 (one char per byte), become byte-level characters by this table.
-BYTE_LEVEL = str.maketrans({chr(b): c for b, c in gpt2_bytes_to_unicode().items()})
+# Byte -> the code point of its byte-level character (all below 0x10000).
+BYTE_LEVEL_CODES = np.array([ord(c) for _, c in sorted(gpt2_bytes_to_unicode().items())], dtype="<u2")
 
 
 def is_gpt2_byte_level(tokenizer: Tokenizer) -> bool:
@@ -115,8 +116,9 @@ def word_starts(code_points: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return starts
 
 
-def utf8_lengths(code_points: np.ndarray) -> np.ndarray:
-    return 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
+def utf8_char_offsets(data: np.ndarray) -> np.ndarray:
+    """Byte offset of every character of UTF-8 `data` (the bytes that are not continuation bytes)."""
+    return np.flatnonzero((data & 0xC0) != 0x80)
 
 
 class GrowingArray:
@@ -143,6 +145,85 @@ class GrowingArray:
         self.size = end
 
 
+PACKED_BYTES = 15  # words up to this many UTF-8 bytes are keyed by two uint64 holding their bytes and length
+LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)  # mask of the n low bytes
+
+
+def packed_keys(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lossless keys of words of at most PACKED_BYTES bytes: bytes 0-7 and 8-14, the length in the top byte."""
+    padded = np.concatenate([data, np.zeros(16, dtype=np.uint8)])
+    eight_bytes_at = np.ndarray((len(data) + 9,), dtype="<u8", buffer=padded, strides=(1,))  # unaligned view
+    low = eight_bytes_at[starts] & LOW_BYTES[np.minimum(lengths, 8)]
+    high = eight_bytes_at[starts + 8] & LOW_BYTES[np.maximum(lengths - 8, 0)]
+    return low, high | (lengths.astype(np.uint64) << np.uint64(56))
+
+
+def first_of_each_pair(low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each distinct (low, high) key."""
+    order = np.lexsort((high, low))
+    low, high = low[order], high[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (low[1:] != low[:-1]) | (high[1:] != high[:-1])
+    return order[new]
+
+
+class WordTable:
+    """A hash map from 128-bit keys (two uint64 arrays) to non-negative int64 values, read and filled an array
+    at a time. Open addressing with linear probing, at most half full: a lookup is mostly one gather."""
+
+    def __init__(self, bits: int = 16):
+        self.size = 0
+        self._allocate(bits)
+
+    def _allocate(self, bits: int) -> None:
+        self.bits, self.mask = bits, (1 << bits) - 1
+        self.low = np.zeros(1 << bits, dtype=np.uint64)
+        self.high = np.zeros(1 << bits, dtype=np.uint64)
+        self.values = np.full(1 << bits, -1, dtype=np.int64)  # -1: an empty slot
+
+    def _home(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        mixed = (low ^ (high * np.uint64(0xC2B2AE3D27D4EB4F))) * np.uint64(0x9E3779B97F4A7C15)  # wraps: a hash
+        return (mixed >> np.uint64(64 - self.bits)).astype(np.int64)
+
+    def get(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """The value of each key, -1 where absent."""
+        at = self._home(low, high)
+        values = self.values[at]
+        hit = (self.high[at] == high) & (self.low[at] == low)  # an empty slot's high is 0, no key's is
+        found = np.where(hit, values, -1)
+        todo = np.flatnonzero(~hit & (values >= 0))  # someone else's key there: probe the next slots
+        at = at[todo]
+        while len(todo):
+            at = (at + 1) & self.mask
+            values = self.values[at]
+            hit = (self.high[at] == high[todo]) & (self.low[at] == low[todo])
+            found[todo[hit]] = values[hit]
+            probe_on = ~hit & (values >= 0)
+            todo, at = todo[probe_on], at[probe_on]
+        return found
+
+    def put(self, low: np.ndarray, high: np.ndarray, values: np.ndarray) -> None:
+        """Add keys that are distinct and not in the table yet."""
+        self.size += len(low)
+        if 2 * self.size > len(self.values):
+            old = self.values >= 0
+            kept = self.low[old], self.high[old], self.values[old]
+            self._allocate(max(self.bits + 1, int(2 * self.size).bit_length()))
+            self._place(*kept)
+        self._place(low, high, values)
+
+    def _place(self, low: np.ndarray, high: np.ndarray, values: np.ndarray) -> None:
+        todo, at = np.arange(len(low)), self._home(low, high)
+        while len(todo):
+            free = np.flatnonzero(self.values[at] < 0)
+            _, first = np.unique(at[free], return_index=True)  # two keys after one free slot: the first wins
+            won, slot = todo[free[first]], at[free[first]]
+            self.low[slot], self.high[slot], self.values[slot] = low[won], high[won], values[won]
+            placed = np.zeros(len(todo), dtype=bool)
+            placed[free[first]] = True
+            todo, at = todo[~placed], (at[~placed] + 1) & self.mask
+
+
 class CachedEncoder:
     """Encodes text with a GPT-2-style byte-level BPE tokenizer, caching the ids of every word.
 
@@ -158,76 +239,85 @@ class CachedEncoder:
         self._clear()
 
     def _clear(self) -> None:
-        self.packed_keys = np.zeros(0, dtype=np.uint64)  # sorted keys of short words
-        self.packed_slots = np.zeros(0, dtype=np.int64)  # their slots
-        self.long_slots: dict[bytes, int] = {}  # slots of long words
+        self.short_slots = WordTable()  # slots of words of up to PACKED_BYTES bytes
+        self.long_slots: dict[bytes, int] = {}  # slots of longer words
         self.slot_start = GrowingArray()  # slot -> first id in self.ids
         self.slot_length = GrowingArray()
         self.ids = GrowingArray()
 
-    def _new_slots(self, words: list[bytes]) -> np.ndarray:
+    def _new_slots(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Encode unseen words once (straight through the BPE model: each is one pre-token) and give each a slot."""
-        tokens = [self.bpe.tokenize(word.decode("latin-1").translate(BYTE_LEVEL)) for word in words]
-        lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+        ends = np.cumsum(lengths)
+        index = np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]))
+        # All the words' bytes as byte-level characters in one string (each fits UTF-16), then cut into words.
+        text = BYTE_LEVEL_CODES[data[index]].tobytes().decode("utf-16-le")
+        tokens = [self.bpe.tokenize(text[a:b]) for a, b in zip((ends - lengths).tolist(), ends.tolist(), strict=True)]
+        counts = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
         first = len(self.slot_start)
-        self.slot_start.extend(len(self.ids) + np.cumsum(lengths) - lengths)
-        self.slot_length.extend(lengths)
-        self.ids.extend(np.fromiter((t.id for word in tokens for t in word), dtype=np.int64, count=int(lengths.sum())))
-        return np.arange(first, first + len(words))
+        self.slot_start.extend(len(self.ids) + np.cumsum(counts) - counts)
+        self.slot_length.extend(counts)
+        self.ids.extend(np.fromiter((t.id for word in tokens for t in word), dtype=np.int64, count=int(counts.sum())))
+        return np.arange(first, first + len(starts))
 
-    def _find_packed(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not len(self.packed_keys):
-            return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
-        where = np.minimum(np.searchsorted(self.packed_keys, keys), len(self.packed_keys) - 1)
-        return self.packed_slots[where], self.packed_keys[where] == keys
-
-    def _packed_slots(self, data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        padded = np.frombuffer(data + bytes(PACKED_BYTES), dtype=np.uint8)
-        keys = np.zeros(len(starts), dtype=np.uint64)
-        for k in range(PACKED_BYTES):
-            keys |= (padded[starts + k] * (lengths > k)).astype(np.uint64) << np.uint64(8 * k)
-        slots, found = self._find_packed(keys)
-        if not found.all():
-            missing = np.flatnonzero(~found)
-            new_keys, first = np.unique(keys[missing], return_index=True)
-            at = missing[first]
-            words = [data[s : s + n] for s, n in zip(starts[at].tolist(), lengths[at].tolist(), strict=True)]
-            where = np.searchsorted(self.packed_keys, new_keys)  # merge the sorted new keys in, no re-sort
-            self.packed_slots = np.insert(self.packed_slots, where, self._new_slots(words))
-            self.packed_keys = np.insert(self.packed_keys, where, new_keys)
-            slots[missing], _ = self._find_packed(keys[missing])
+    def _short_word_slots(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        low, high = packed_keys(data, starts, lengths)
+        slots = self.short_slots.get(low, high)
+        missing = np.flatnonzero(slots < 0)
+        if len(missing):
+            new = missing[first_of_each_pair(low[missing], high[missing])]
+            self.short_slots.put(low[new], high[new], self._new_slots(data, starts[new], lengths[new]))
+            slots[missing] = self.short_slots.get(low[missing], high[missing])
         return slots
 
-    def _long_slots(self, data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def _long_word_slots(self, data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         words = [data[s : s + n] for s, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
         unseen = list(dict.fromkeys(w for w in words if w not in self.long_slots))
         if unseen:
-            self.long_slots.update(zip(unseen, self._new_slots(unseen).tolist(), strict=True))
-        return np.fromiter((self.long_slots[w] for w in words), dtype=np.int64, count=len(words))
+            unseen_bytes = np.frombuffer(b"".join(unseen), dtype=np.uint8)
+            unseen_lengths = np.fromiter(map(len, unseen), dtype=np.int64, count=len(unseen))
+            slots = self._new_slots(unseen_bytes, np.cumsum(unseen_lengths) - unseen_lengths, unseen_lengths)
+            self.long_slots.update(zip(unseen, slots.tolist(), strict=True))
+        return np.fromiter(map(self.long_slots.__getitem__, words), dtype=np.int64, count=len(words))
 
     def encode(self, text: str) -> np.ndarray:
         """Token ids of `text` (int64), equal to the tokenizer's own encoding of it."""
-        if not text:
-            return np.zeros(0, dtype=np.int64)
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Token ids of each text, each as if encoded alone; one pass over all of them, which is faster."""
+        if not texts:
+            return []
         if len(self.slot_start) > self.max_words:
             self._clear()
-        code_points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        data = text.encode("utf-8")
-        char_starts = np.flatnonzero(word_starts(code_points, self.classes.of(code_points)))
-        byte_offsets = np.zeros(len(code_points) + 1, dtype=np.int64)
-        np.cumsum(utf8_lengths(code_points), out=byte_offsets[1:])
-        starts = byte_offsets[char_starts]
+        # The texts joined by "\n": a whitespace character that no neighbour can pull into its word (see
+        # word_starts), so forcing word starts at each separator and right after it splits each text as alone.
+        joined = "\n".join(texts)
+        code_points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+        is_start = word_starts(code_points, self.classes.of(code_points))
+        text_lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        separators = np.cumsum(text_lengths[:-1] + 1) - 1
+        is_start[separators] = True
+        is_start[separators[separators + 1 < len(code_points)] + 1] = True
+        char_starts = np.flatnonzero(is_start)
+        raw = joined.encode("utf-8")
+        data = np.frombuffer(raw, dtype=np.uint8)
+        starts = char_starts if len(data) == len(code_points) else utf8_char_offsets(data)[char_starts]
         lengths = np.diff(np.append(starts, len(data)))
-        # Short words without NUL bytes pack losslessly into a uint64 (NUL would alias a shorter word).
+        # Which text each word belongs to; the separators' own words are left out.
+        is_separator = np.zeros(len(code_points) + 1, dtype=bool)
+        is_separator[separators] = True
+        separator_word = is_separator[char_starts]
+        text_of_word = np.cumsum(separator_word)
+        starts, lengths, text_of_word = starts[~separator_word], lengths[~separator_word], text_of_word[~separator_word]
+
         short = lengths <= PACKED_BYTES
-        nul = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0)
-        if len(nul):
-            short[np.searchsorted(starts, nul, side="right") - 1] = False
         slots = np.empty(len(starts), dtype=np.int64)
-        slots[short] = self._packed_slots(data, starts[short], lengths[short])
-        slots[~short] = self._long_slots(data, starts[~short], lengths[~short])
-        # Gather every word's ids into one flat array.
+        slots[short] = self._short_word_slots(data, starts[short], lengths[short])
+        slots[~short] = self._long_word_slots(raw, starts[~short], lengths[~short])
+        # Gather every word's ids into one flat array, then cut it at the texts' ends.
         counts = self.slot_length.values[slots]
         out_starts = np.cumsum(counts) - counts
         index = np.repeat(self.slot_start.values[slots] - out_starts, counts) + np.arange(int(counts.sum()))
-        return self.ids.values[index]
+        ids = self.ids.values[index]
+        tokens_per_text = np.bincount(text_of_word, weights=counts, minlength=len(texts)).astype(np.int64)
+        return np.split(ids, np.cumsum(tokens_per_text)[:-1])
