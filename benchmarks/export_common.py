@@ -28,17 +28,23 @@ def build_random_model(folder: Path, vocab_size: int, **config) -> Path:
     return folder / "model"
 
 
-def greedy_agreement(model, expected: list[list[int]], produced: list[list[int]], prompt_length: int) -> str:
+def greedy_agreement(
+    model, expected: list[list[int]], produced: list[list[int]], prompt_length: int | list[int]
+) -> str:
     """How many new tokens agree in every row ("64 of 64"), and where they part, how far apart `model`'s two best
-    logits were there: a near-tie that float rounding decides either way, or a real difference."""
-    new = len(expected[0]) - prompt_length
+    logits were there: a near-tie that float rounding decides either way, or a real difference. Rows are whole
+    sequences (prompt + new tokens); `prompt_length` is one for all rows, or one per row (prompts of different
+    lengths), and every row has the same number of new tokens."""
+    lengths = prompt_length if isinstance(prompt_length, list) else [prompt_length] * len(expected)
+    new = len(expected[0]) - lengths[0]
     parts = [
-        next((i for i in range(prompt_length, min(len(e), len(p))) if e[i] != p[i]), None)
-        for e, p in zip(expected, produced, strict=True)
+        next((i for i in range(n, min(len(e), len(p))) if e[i] != p[i]), None)
+        for e, p, n in zip(expected, produced, lengths, strict=True)
     ]
     if all(part is None for part in parts):
         return f"{new} of {new}"
-    row, part = min(((r, p) for r, p in enumerate(parts) if p is not None), key=lambda item: item[1])
+    # The worst row: the fewest new tokens agreeing (not the earliest position, as prompts' lengths differ).
+    row, part = min(((r, p) for r, p in enumerate(parts) if p is not None), key=lambda item: item[1] - lengths[item[0]])
     with torch.no_grad():
-        top = model(torch.tensor([expected[row][:part]])).logits[0, -1].topk(2).values
-    return f"{part - prompt_length} of {new} (then a top-2 margin of {float(top[0] - top[1]):.1e})"
+        top = model(torch.tensor([expected[row][:part]], device=model.device)).logits[0, -1].topk(2).values
+    return f"{part - lengths[row]} of {new} (then a top-2 margin of {float(top[0] - top[1]):.1e})"

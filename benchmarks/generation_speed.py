@@ -10,12 +10,12 @@ reference's top two logits nearly tie (reported). Appends a row to benchmarks/RE
 
 import argparse
 import sys
-from datetime import date
 from pathlib import Path
 
 import torch
 import transformers
 from reference import benchmark_config, matched_pair, timed
+from results import append_section
 
 import hf_gpt
 from hf_gpt.generation.static_decoder import StaticDecoder
@@ -151,16 +151,15 @@ def main() -> int:
         print("note:", note)
     shape = f"{config.num_hidden_layers} x {config.hidden_size}, vocab {config.vocab_size}"
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}, hf_gpt {hf_gpt.__version__}"
-    table = "".join(f"| {b} | {n} | {r:,.1f} | {q:.2f} |\n" for b, n, r, q in rows)
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write(
-            f"\n## generation_speed, {date.today()}\n{device_name()}; {versions}\n\n{shape}; greedy, "
-            f"{args.prompt}-token prompt, {args.new_tokens} new tokens; {mode}, {args.precision}; generated tokens "
-            f"equal{' (see notes)' if notes else ''}\n\n"
-            f"| batch | model | tokens/s | ratio (>1: hf_gpt faster) |\n|---|---|---|---|\n{table}"
-            + "".join(f"\nnote: {n}\n" for n in notes)
-        )
-    print(f"appended to {args.results}")
+    # The notes (near-tie differences, failed models) go in the description: append_section ends with the table.
+    description = (
+        f"{device_name()}; {versions}\n\n{shape}; greedy, {args.prompt}-token prompt, {args.new_tokens} new tokens; "
+        f"{mode}, {args.precision}; generated tokens equal{' (see notes)' if notes else ''}"
+        + "".join(f"\n\nnote: {n}" for n in notes)
+    )
+    columns = ["batch", "model", "tokens/s", "ratio (>1: hf_gpt faster)"]
+    table = [[b, n, f"{r:,.1f}", f"{q:.2f}"] for b, n, r, q in rows]
+    append_section(args.results, "generation_speed", description, columns, table)
     return 0
 
 

@@ -17,8 +17,9 @@ import json
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
+
+from results import append_section
 
 from hf_gpt.machine import device_name
 
@@ -98,16 +99,13 @@ def main() -> None:
     )
     print(f"\nval loss {final['val_loss']:.4f} nats/token = {final['val_nats_per_char']:.4f} nats/char in {wall:.0f} s")
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}, hf_gpt {hf_gpt.__version__}"
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write(
-            f"\n## shakespeare_quality, {date.today()}\n"
-            f"{device_name()}; {versions}\n\n{config}; last 10% of tinyshakespeare.txt as validation\n\n"
-            "| what | val nats/char | wall time |\n|---|---|---|\n"
-            f"| hf_gpt (this run, tokenizer + data + training) | {final['val_nats_per_char']:.3f} | {wall:.0f} s |\n"
-            "| nanoGPT shakespeare_char, CPU config (published) | about 1.88 | a few minutes on a laptop CPU |\n"
-            "| nanoGPT shakespeare_char, GPU config (published) | 1.47 | about 3 minutes on one A100 |\n"
-        )
-    print(f"appended to {args.results}")
+    description = f"{device_name()}; {versions}\n\n{config}; last 10% of tinyshakespeare.txt as validation"
+    table = [
+        ["hf_gpt (this run, tokenizer + data + training)", f"{final['val_nats_per_char']:.3f}", f"{wall:.0f} s"],
+        ["nanoGPT shakespeare_char, CPU config (published)", "about 1.88", "a few minutes on a laptop CPU"],
+        ["nanoGPT shakespeare_char, GPU config (published)", "1.47", "about 3 minutes on one A100"],
+    ]
+    append_section(args.results, "shakespeare_quality", description, ["what", "val nats/char", "wall time"], table)
 
 
 if __name__ == "__main__":

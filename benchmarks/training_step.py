@@ -9,12 +9,12 @@ over a bf16/fp32 matmul peak measured here), peak memory on CUDA. Appends a row 
 
 import argparse
 import sys
-from datetime import date
 from pathlib import Path
 
 import torch
 import transformers
 from reference import benchmark_config, matched_pair, timed
+from results import append_section
 
 import hf_gpt
 from hf_gpt.counting import count_parameters, flops_per_token
@@ -94,14 +94,13 @@ def main() -> int:
     shape = (f"{config.num_hidden_layers} x {config.hidden_size}, vocab {config.vocab_size}, seq {args.seq}, "
              f"batch {args.batch}")  # fmt: skip
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}, hf_gpt {hf_gpt.__version__}"
-    table = "".join(f"| {n} | {r:,.0f} | {m:.1%} | {g} | {q:.2f} |\n" for n, r, m, g, q in rows)
-    with open(args.results, "a", encoding="utf-8") as f:
-        f.write(
-            f"\n## training_step, {date.today()}\n{device_name()}; {versions}\n\n{shape}; {mode}, {args.precision}; "
-            f"MFU over a measured {peak / 1e12:.1f} TFLOP/s matmul peak\n\n"
-            f"| model | tokens/s | MFU | peak GiB | ratio (>1: hf_gpt faster) |\n|---|---|---|---|---|\n{table}"
-        )
-    print(f"appended to {args.results}")
+    description = (
+        f"{device_name()}; {versions}\n\n{shape}; {mode}, {args.precision}; "
+        f"MFU over a measured {peak / 1e12:.1f} TFLOP/s matmul peak"
+    )
+    columns = ["model", "tokens/s", "MFU", "peak GiB", "ratio (>1: hf_gpt faster)"]
+    table = [[n, f"{r:,.0f}", f"{m:.1%}", g, f"{q:.2f}"] for n, r, m, g, q in rows]
+    append_section(args.results, "training_step", description, columns, table)
     return 0
 
 

@@ -13,6 +13,7 @@ tiktoken's `encode_ordinary`: only document ends get the separator id.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import multiprocessing
 import os
@@ -62,11 +63,14 @@ def make_encoder(tokenizer_json: str) -> Callable[[list[str]], list[np.ndarray]]
 
 
 # Each worker process builds its encoder (and its word cache) once; this is that process's copy.
-_worker_encoder: Callable[[str], np.ndarray] | None = None
+_worker_encoder: Callable[[list[str]], list[np.ndarray]] | None = None
 
 
 def _start_worker(tokenizer_json: str, parent: int) -> None:
     global _worker_encoder
+    # The objects inherited from the parent by fork are never freed here: freezing them keeps the collector
+    # from scanning them, which would copy every page they lie on (a 1.5x slowdown under a large parent).
+    gc.freeze()
     _worker_encoder = make_encoder(tokenizer_json)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
