@@ -10,10 +10,12 @@ import pytest
 from conftest import VARIED, WITHOUT_HF_GPT, varied_text
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from tokenizers import pre_tokenizers
+from tokenizers import Tokenizer, pre_tokenizers
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
-from hf_gpt.data.encoding import CachedEncoder, WordTable, gpt2_bytes_to_unicode, is_gpt2_byte_level
+from hf_gpt.data.bpe import ArrayBPE
+from hf_gpt.data.encoding import CachedEncoder, gpt2_bytes_to_unicode, is_gpt2_byte_level
+from hf_gpt.data.hash_table import HashTable
 from hf_gpt.data.tokenizer import (
     SEPARATOR,
     tokenizer_fingerprint,
@@ -106,8 +108,8 @@ def test_batch_encodes_each_text_as_if_alone(trained_tokenizer, texts):
 
 @settings(max_examples=50, deadline=None)
 @given(keys=st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(1, 2**64 - 1)), unique=True, max_size=300))
-def test_word_table_finds_every_key_through_collisions_and_growth(keys):
-    table = WordTable(bits=1)  # two slots: every insert collides, and the table grows many times
+def test_hash_table_finds_every_key_through_collisions_and_growth(keys):
+    table = HashTable(bits=1)  # two slots: every insert collides, and the table grows many times
     low = np.array([k[0] for k in keys], dtype=np.uint64)
     high = np.array([k[1] for k in keys], dtype=np.uint64)
     for part in np.array_split(np.arange(len(keys)), 4):
@@ -118,6 +120,48 @@ def test_word_table_finds_every_key_through_collisions_and_growth(keys):
     expected = [index.get((int(a), int(b)), -1) for a, b in zip(shifted, high, strict=True)]
     assert table.get(shifted, high).tolist() == expected
     assert len(table.values) >= 2 * len(keys)  # never more than half full
+
+
+@pytest.fixture(scope="module")
+def runs_tokenizer(tmp_path_factory):
+    """A tokenizer whose merges join runs of one letter ("aa", "aaa", "aaaa") and alternations ("abab"): the
+    overlapping pairs that BPE must merge left to right."""
+    corpus = tmp_path_factory.mktemp("runs") / "runs.txt"
+    corpus.write_text(" ".join("ab"[i % 2] * (1 + i % 9) + "ab" * (i % 4) for i in range(4000)), encoding="utf-8")
+    return train_bpe_tokenizer([corpus], 300, tmp_path_factory.mktemp("runs_tokenizer"), show_progress=False)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(st.one_of(st.text("ab", min_size=1, max_size=30), st.text(min_size=1, max_size=6)), max_size=40))
+def test_numpy_merges_equal_tokenizers_bpe_word_by_word(runs_tokenizer, words):
+    backend = runs_tokenizer.backend_tokenizer
+    merges = ArrayBPE.of(json.loads(backend.to_str())["model"], gpt2_bytes_to_unicode())
+    assert merges is not None  # learned merges are in rank order
+    raw = [w.encode("utf-8", "surrogatepass") for w in words]
+    if not raw:
+        return
+    lengths = np.array([len(w) for w in raw])
+    ids, counts = merges.encode(np.frombuffer(b"".join(raw), dtype=np.uint8), np.cumsum(lengths) - lengths, lengths)
+    byte_level = [w.decode("latin-1").translate({b: c for b, c in gpt2_bytes_to_unicode().items()}) for w in raw]
+    expected = [[t.id for t in backend.model.tokenize(w)] for w in byte_level]
+    assert counts.tolist() == [len(e) for e in expected] and ids.tolist() == [i for e in expected for i in e]
+
+
+def test_merges_out_of_rank_order_fall_back_to_tokenizers(runs_tokenizer):
+    spec = json.loads(runs_tokenizer.backend_tokenizer.to_str())
+    merges = spec["model"]["merges"]
+    pairs = [m.split(" ") if isinstance(m, str) else m for m in merges]
+    # Move the first merge that joins an earlier merge's result to the front, before the merge that makes it.
+    later = next(i for i, pair in enumerate(pairs) if {"".join(p) for p in pairs[:i]} & set(pair))
+    merges.insert(0, merges.pop(later))
+    shuffled = Tokenizer.from_str(json.dumps(spec))
+    assert ArrayBPE.of(spec["model"], gpt2_bytes_to_unicode()) is None
+    assert ArrayBPE.of({**json.loads(runs_tokenizer.backend_tokenizer.to_str())["model"], "ignore_merges": True},
+                       gpt2_bytes_to_unicode()) is None  # fmt: skip
+    text = " ".join("ab"[i % 2] * (1 + i % 7) for i in range(300)) + " café 日本"
+    encoder = CachedEncoder(shuffled)
+    assert encoder.array_bpe is None
+    assert encoder.encode(text).tolist() == shuffled.encode(text).ids
 
 
 def test_cached_encoder_on_long_text_and_small_cache(trained_tokenizer):

@@ -5,11 +5,13 @@ import errno
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 from hf_gpt import HfGptConfig, HfGptForCausalLM
 from hf_gpt.cli import main
 from hf_gpt.data.tokens import prepare_data
-from hf_gpt.train.checkpoints import complete_checkpoints
+from hf_gpt.train.checkpoints import check_sharded_state, complete_checkpoints
 from hf_gpt.train.loop import SamplePositions, TrainingDiverged
 from hf_gpt.train.optimization import lr_multiplier, parameter_groups
 from hf_gpt.train.pretraining import pretrain
@@ -442,6 +444,35 @@ def test_resume_refuses_checkpoint_files_that_would_run_code(tmp_path, prepared,
             file.unlink()
         else:
             file.write_bytes(original)
+
+
+def save_sharded(state: dict, folder: Path) -> Path:
+    """A torch.distributed.checkpoint folder, as FSDP's model and optimizer state are saved, by torch's own writer."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is ... uninitialized": one process, as intended
+        dcp.save(state, checkpoint_id=folder, no_dist=True)
+    return folder
+
+
+def test_sharded_fsdp_state_is_read_the_safe_way_before_resuming(tmp_path, prepared, trained_tokenizer_dir):
+    """torch unpickles a sharded folder's index and its non-tensor entries without restriction."""
+    state = {"weight": torch.randn(8, 4), "step": torch.tensor(3.0), "lr": 3e-4, "betas": (0.9, 0.95), "fused": True}
+    check_sharded_state(save_sharded(state, tmp_path / "optimizer_0"))  # what torch writes passes
+    witness = tmp_path / "PWNED"
+    replaced_entry = save_sharded({**state, "lr": RunsCode(witness)}, tmp_path / "replaced")
+    with pytest.raises(ValueError, match=r"replaced/__0_0.distcp \(entry lr\) does not load as plain tensors"):
+        check_sharded_state(replaced_entry)
+    assert not witness.exists()
+    # Inside a real checkpoint, a replaced index stops the resume before Accelerate reads anything.
+    args = tiny_args(tmp_path, prepared, trained_tokenizer_dir, max_steps=2, warmup_steps=1, save_every=2)
+    pretrain(args)
+    sharded = save_sharded(state, complete_checkpoints(tmp_path / "run" / "checkpoints")[-1] / "pytorch_model_fsdp_0")
+    (sharded / ".metadata").write_bytes(pickle.dumps(RunsCode(witness)))
+    with pytest.raises(ValueError, match=r"pytorch_model_fsdp_0/.metadata is not a plain checkpoint index"):
+        resumed(args)
+    assert not witness.exists()
 
 
 def test_a_checkpoint_that_cannot_be_written_is_removed_and_reported(

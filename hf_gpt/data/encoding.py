@@ -21,6 +21,9 @@ import json
 import numpy as np
 from tokenizers import Tokenizer
 
+from .bpe import ArrayBPE
+from .hash_table import HashTable
+
 LETTER, NUMBER, OTHER, SPACE = 0, 1, 2, 3
 UNKNOWN = 255
 APOSTROPHE, BLANK = ord("'"), ord(" ")
@@ -145,6 +148,7 @@ class GrowingArray:
         self.size = end
 
 
+ARRAY_BPE_BYTES = 64  # longer new words take tokenizers' BPE: one long word would keep every round going
 PACKED_BYTES = 15  # words up to this many UTF-8 bytes are keyed by two uint64 holding their bytes and length
 LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)  # mask of the n low bytes
 
@@ -167,63 +171,6 @@ def first_of_each_pair(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     return order[new]
 
 
-class WordTable:
-    """A hash map from 128-bit keys (two uint64 arrays) to non-negative int64 values, read and filled an array
-    at a time. Open addressing with linear probing, at most half full: a lookup is mostly one gather."""
-
-    def __init__(self, bits: int = 16):
-        self.size = 0
-        self._allocate(bits)
-
-    def _allocate(self, bits: int) -> None:
-        self.bits, self.mask = bits, (1 << bits) - 1
-        self.low = np.zeros(1 << bits, dtype=np.uint64)
-        self.high = np.zeros(1 << bits, dtype=np.uint64)
-        self.values = np.full(1 << bits, -1, dtype=np.int64)  # -1: an empty slot
-
-    def _home(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-        mixed = (low ^ (high * np.uint64(0xC2B2AE3D27D4EB4F))) * np.uint64(0x9E3779B97F4A7C15)  # wraps: a hash
-        return (mixed >> np.uint64(64 - self.bits)).astype(np.int64)
-
-    def get(self, low: np.ndarray, high: np.ndarray) -> np.ndarray:
-        """The value of each key, -1 where absent."""
-        at = self._home(low, high)
-        values = self.values[at]
-        hit = (self.high[at] == high) & (self.low[at] == low)  # an empty slot's high is 0, no key's is
-        found = np.where(hit, values, -1)
-        todo = np.flatnonzero(~hit & (values >= 0))  # someone else's key there: probe the next slots
-        at = at[todo]
-        while len(todo):
-            at = (at + 1) & self.mask
-            values = self.values[at]
-            hit = (self.high[at] == high[todo]) & (self.low[at] == low[todo])
-            found[todo[hit]] = values[hit]
-            probe_on = ~hit & (values >= 0)
-            todo, at = todo[probe_on], at[probe_on]
-        return found
-
-    def put(self, low: np.ndarray, high: np.ndarray, values: np.ndarray) -> None:
-        """Add keys that are distinct and not in the table yet."""
-        self.size += len(low)
-        if 2 * self.size > len(self.values):
-            old = self.values >= 0
-            kept = self.low[old], self.high[old], self.values[old]
-            self._allocate(max(self.bits + 1, int(2 * self.size).bit_length()))
-            self._place(*kept)
-        self._place(low, high, values)
-
-    def _place(self, low: np.ndarray, high: np.ndarray, values: np.ndarray) -> None:
-        todo, at = np.arange(len(low)), self._home(low, high)
-        while len(todo):
-            free = np.flatnonzero(self.values[at] < 0)
-            _, first = np.unique(at[free], return_index=True)  # two keys after one free slot: the first wins
-            won, slot = todo[free[first]], at[free[first]]
-            self.low[slot], self.high[slot], self.values[slot] = low[won], high[won], values[won]
-            placed = np.zeros(len(todo), dtype=bool)
-            placed[free[first]] = True
-            todo, at = todo[~placed], (at[~placed] + 1) & self.mask
-
-
 class CachedEncoder:
     """Encodes text with a GPT-2-style byte-level BPE tokenizer, caching the ids of every word.
 
@@ -234,30 +181,43 @@ class CachedEncoder:
         if not is_gpt2_byte_level(tokenizer):
             raise ValueError("CachedEncoder needs a GPT-2-style byte-level BPE tokenizer (see is_gpt2_byte_level)")
         self.bpe = tokenizer.model
+        self.array_bpe = ArrayBPE.of(json.loads(tokenizer.to_str())["model"], gpt2_bytes_to_unicode())
         self.classes = CharClasses(tokenizer)
         self.max_words = max_words
         self._clear()
 
     def _clear(self) -> None:
-        self.short_slots = WordTable()  # slots of words of up to PACKED_BYTES bytes
+        self.short_slots = HashTable()  # slots of words of up to PACKED_BYTES bytes
         self.long_slots: dict[bytes, int] = {}  # slots of longer words
         self.slot_start = GrowingArray()  # slot -> first id in self.ids
         self.slot_length = GrowingArray()
         self.ids = GrowingArray()
 
     def _new_slots(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Encode unseen words once (straight through the BPE model: each is one pre-token) and give each a slot."""
+        """Encode unseen words once and give each a slot: with numpy all at once where that is exact, else straight
+        through tokenizers' BPE model (each word is one pre-token)."""
+        slots = np.empty(len(starts), dtype=np.int64)
+        in_arrays = lengths <= ARRAY_BPE_BYTES if self.array_bpe else np.zeros(len(starts), dtype=bool)
+        for chosen, encode in ((in_arrays, self.array_bpe and self.array_bpe.encode), (~in_arrays, self._tokenize)):
+            if chosen.any():
+                ids, counts = encode(data, starts[chosen], lengths[chosen])
+                first = len(self.slot_start)
+                self.slot_start.extend(len(self.ids) + np.cumsum(counts) - counts)
+                self.slot_length.extend(counts)
+                self.ids.extend(ids)
+                slots[chosen] = np.arange(first, first + len(counts))
+        return slots
+
+    def _tokenize(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like ArrayBPE.encode, a word per call of tokenizers' BPE model."""
         ends = np.cumsum(lengths)
         index = np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]))
         # All the words' bytes as byte-level characters in one string (each fits UTF-16), then cut into words.
         text = BYTE_LEVEL_CODES[data[index]].tobytes().decode("utf-16-le")
         tokens = [self.bpe.tokenize(text[a:b]) for a, b in zip((ends - lengths).tolist(), ends.tolist(), strict=True)]
         counts = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-        first = len(self.slot_start)
-        self.slot_start.extend(len(self.ids) + np.cumsum(counts) - counts)
-        self.slot_length.extend(counts)
-        self.ids.extend(np.fromiter((t.id for word in tokens for t in word), dtype=np.int64, count=int(counts.sum())))
-        return np.arange(first, first + len(starts))
+        ids = np.fromiter((t.id for word in tokens for t in word), dtype=np.int64, count=int(counts.sum()))
+        return ids, counts
 
     def _short_word_slots(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         low, high = packed_keys(data, starts, lengths)

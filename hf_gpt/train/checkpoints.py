@@ -4,7 +4,8 @@ Each checkpoint is `checkpoints/step-00000123/`: Accelerate's `save_state` outpu
 states of every process) and `training_state.json` (the data position, counters and schedule), which we write
 ourselves: Accelerate would pickle registered objects and unpickle them on resume with `weights_only=False`,
 so a replaced file would run its code. Every pickled file is therefore loaded with `weights_only=True` first,
-and refused when it holds anything but tensors and numbers.
+and refused when it holds anything but tensors and numbers; so is every entry of the sharded (FSDP) state
+folders, which torch reads with plain pickle (see `check_sharded_state`).
 
 A checkpoint is written under a hidden name and renamed once every process has finished, so a folder with the
 final name is always complete; a save that fails removes its partial folder. Names carry the step explicitly:
@@ -15,9 +16,11 @@ overwrite older checkpoints.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -130,6 +133,8 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path) -> dict[str, Any
     for file in sorted(checkpoint.iterdir()):
         if file.suffix.lower() in PICKLE_SUFFIXES:  # optimizer, RNG states, GradScaler, ...
             check_plain_data(file)
+        elif (file / SHARDED_INDEX).is_file():  # FSDP's model or optimizer shards
+            check_sharded_state(file)
     accelerator.load_state(str(checkpoint))
     return state
 
@@ -144,6 +149,62 @@ def check_plain_data(file: Path) -> None:
             f"checkpoint file {file} does not load as plain tensors and numbers ({type(e).__name__}): it was damaged "
             f"or replaced, and nothing in it was run; {RECOURSE.format(checkpoint=file.parent)}"
         ) from None
+
+
+SHARDED_INDEX = ".metadata"  # the index of a torch.distributed.checkpoint folder
+# What a torch.distributed.checkpoint index is made of, besides the plain classes of its metadata module.
+INDEX_METADATA = "torch.distributed.checkpoint.metadata"
+INDEX_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+                 ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
+                 ("collections", "OrderedDict")}  # fmt: skip
+
+
+class ShardedIndexUnpickler(pickle.Unpickler):
+    """Unpickles a torch.distributed.checkpoint index allowing only what such an index is made of (checked before
+    anything is imported: an import alone can run code)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in INDEX_GLOBALS:
+            return super().find_class(module, name)
+        if module in (INDEX_METADATA, "torch") and name.isidentifier():
+            found = super().find_class(module, name)
+            if isinstance(found, torch.dtype) or (isinstance(found, type) and found.__module__ == INDEX_METADATA):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint index")
+
+
+def check_sharded_state(folder: Path) -> None:
+    """Under FSDP, Accelerate saves the model and optimizer as torch.distributed.checkpoint folders, which torch
+    reads with plain pickle: the index (`.metadata`) and every entry that is not a tensor (the optimizer's
+    hyperparameters, say). Read them the safe way first, and refuse, naming the file."""
+    index = folder / SHARDED_INDEX
+    try:
+        with open(index, "rb") as f:
+            metadata = ShardedIndexUnpickler(f).load()
+        entries = [
+            (where, info)
+            for where, info in metadata.storage_data.items()
+            if type(metadata.state_dict_metadata[where.fqn]).__name__ == "BytesStorageMetadata"
+        ]
+    except Exception as e:
+        raise ValueError(
+            f"checkpoint file {index} is not a plain checkpoint index ({type(e).__name__}): it was damaged or "
+            f"replaced, and nothing in it was run; {RECOURSE.format(checkpoint=folder.parent)}"
+        ) from None
+    for where, info in entries:
+        file = folder / info.relative_path
+        try:
+            if getattr(info, "transform_descriptors", None):  # compressed, say: not what Accelerate writes
+                raise ValueError("a transformed entry")
+            with open(file, "rb") as f:
+                f.seek(info.offset)
+                torch.load(io.BytesIO(f.read(info.length)), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(
+                f"checkpoint file {file} (entry {where.fqn}) does not load as plain tensors and numbers "
+                f"({type(e).__name__}): it was damaged or replaced, and nothing in it was run; "
+                f"{RECOURSE.format(checkpoint=folder.parent)}"
+            ) from None
 
 
 def remove_unfinished(directory: str | os.PathLike) -> None:
