@@ -13,6 +13,7 @@ tiktoken's `encode_ordinary`: only document ends get the separator id.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import json
 import multiprocessing
@@ -75,6 +76,16 @@ def _start_worker(tokenizer_json: str, parent: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system before forking the workers. A process that has just trained
+    a tokenizer keeps a gigabyte of freed memory there, and forked workers pay for it in page copies (measured on
+    100 MB of diverse text: 6.7-7.6 s instead of 4.4 s)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _exit_with_parent(parent: int) -> None:
     """A SIGKILL of the parent skips the pool's shutdown: its workers would idle on, holding their memory."""
     while os.getppid() == parent:
@@ -124,6 +135,7 @@ def encode_pieces(
         return
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    release_free_memory()
     start = {"initializer": _start_worker, "initargs": (tokenizer_json, os.getpid())}
     pool = ProcessPoolExecutor(workers, mp_context=context, **start)
     with tokenizers_single_threaded(), pool:
