@@ -38,19 +38,23 @@ def pretrain_command(data, tokenizer_dir, output, *extra) -> list[str]:
 
 
 @pytest.mark.parametrize("preset", ["gpt1-tiny", "gpt2-tiny", "gpt3-tiny"])
-def test_bf16_sdpa_kernels_match_eager_attention(preset):
+def test_bf16_sdpa_kernels_are_as_accurate_as_eager_attention(preset):
+    """Both in bf16, against the same model in fp32: sdpa's fused kernels must not lose more than eager does."""
     config = tiny_config(preset, pad_token_id=PAD)
     ids = torch.randint(2, config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0)).to(CUDA)
     mask = torch.ones_like(ids)
     mask[0, :7] = 0  # a left-padded row
-    models = {name: seeded(HfGptForCausalLM, config, attn_implementation=name, dtype=torch.bfloat16).to(CUDA)
-              for name in ("eager", "sdpa")}  # fmt: skip
+    runs = {"fp32": ("eager", torch.float32), "eager": ("eager", torch.bfloat16), "sdpa": ("sdpa", torch.bfloat16)}
+    logits = {}
     with torch.no_grad():
-        logits = {name: model(ids, attention_mask=mask).logits.float()[mask.bool()] for name, model in models.items()}
-    scale = logits["eager"].abs().max().item()
-    torch.testing.assert_close(logits["sdpa"], logits["eager"], atol=3e-2 * scale, rtol=0)  # bf16: ~3 digits
-    agree = (logits["sdpa"].argmax(-1) == logits["eager"].argmax(-1)).float().mean().item()
-    assert agree >= 0.95, f"the two kernels' greedy tokens agree at only {agree:.0%} of positions"
+        for name, (attention, dtype) in runs.items():
+            model = seeded(HfGptForCausalLM, config, attn_implementation=attention, dtype=dtype).to(CUDA)
+            logits[name] = model(ids, attention_mask=mask).logits.float()[mask.bool()]
+    error = {name: (logits[name] - logits["fp32"]).abs().mean().item() for name in ("eager", "sdpa")}
+    assert error["sdpa"] <= 1.5 * error["eager"] + 1e-3, error
+    for name in ("eager", "sdpa"):
+        agree = (logits[name].argmax(-1) == logits["fp32"].argmax(-1)).float().mean().item()
+        assert agree >= 0.9, f"bf16 {name}'s greedy tokens agree with fp32's at only {agree:.0%} of positions"
 
 
 def test_the_static_decoder_step_runs_in_cuda_graphs():
@@ -72,20 +76,25 @@ def test_training_steps_with_fused_adamw_like_the_unfused_one():
     fused = make_optimizer(model, 1e-3, 0.1, (0.9, 0.95), 1e-8, CUDA)
     assert fused.defaults["fused"]
     plain = torch.optim.AdamW(parameter_groups(twin, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, fused=False)
-    ids = torch.randint(0, model.config.vocab_size, (4, 32), device=CUDA, generator=torch.Generator(CUDA))
-    for _ in range(3):
+    ids = torch.randint(0, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0)).to(CUDA)
+    losses = {id(fused): [], id(plain): []}
+    for _ in range(5):
         for m, optimizer in ((model, fused), (twin, plain)):
-            m(ids, labels=ids).loss.backward()
+            loss = m(ids, labels=ids).loss
+            loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-    for (name, a), b in zip(model.named_parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+            losses[id(optimizer)].append(loss.item())
+    # The losses, not the weights: the key bias's gradient is zero but for rounding, and Adam moves each weight by
+    # about lr whatever its gradient's size, so those weights take rounding-decided steps in either optimizer.
+    assert losses[id(fused)] == pytest.approx(losses[id(plain)], rel=1e-5)
+    assert losses[id(fused)][-1] < losses[id(fused)][0]  # it trains
 
 
 def test_compiled_pretraining_killed_and_resumed_ends_like_an_uninterrupted_run(
     tmp_path,
-    prepared,
-    trained_tokenizer_dir,  # noqa: F811
+    prepared,  # noqa: F811 (the fixture imported above)
+    trained_tokenizer_dir,
 ):
     steps = ["--max-steps", "30", "--save-every", "10", "--compile", "--mixed-precision", "no"]
     # CUDA's atomic adds (the embedding's gradient) make two runs differ in the last bits: not to 1e-6.
@@ -96,8 +105,8 @@ def test_compiled_pretraining_killed_and_resumed_ends_like_an_uninterrupted_run(
 
 def test_fsdp_on_one_gpu_shards_checkpoints_resumes_and_saves_a_whole_model(
     tmp_path,
-    prepared,
-    trained_tokenizer_dir,  # noqa: F811
+    prepared,  # noqa: F811 (the fixture imported above)
+    trained_tokenizer_dir,
 ):
     config = Path(hf_gpt.__file__).parent / "accelerate_configs" / "fsdp.yaml"
     steps = ["--max-steps", "30", "--save-every", "10", "--mixed-precision", "bf16"]
