@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer, pre_tokenizers
 from transformers import AutoTokenizer, GPT2TokenizerFast
 
+from hf_gpt.data.arrays import HashTable
 from hf_gpt.data.bpe import ArrayBPE
 from hf_gpt.data.encoding import CachedEncoder, gpt2_bytes_to_unicode, is_gpt2_byte_level
-from hf_gpt.data.hash_table import HashTable
 from hf_gpt.data.tokenizer import (
     SEPARATOR,
     tokenizer_fingerprint,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .hash_table import HashTable
+from .arrays import HashTable, concatenated_ranges
 
 NO_MERGE = np.iinfo(np.int64).max
 
@@ -69,7 +69,7 @@ class ArrayBPE:
         """The ids of the words `data[start : start + length]` (uint8 bytes, lengths >= 1), one after another,
         and how many ids each word has."""
         ends = np.cumsum(lengths)
-        symbols = self.byte_ids[data[np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]))]]
+        symbols = self.byte_ids[data[concatenated_ranges(starts, lengths)]]
         word = np.repeat(np.arange(len(lengths)), lengths)
         last = np.zeros(len(symbols), dtype=bool)  # the last symbol of its word
         last[ends - 1] = True

@@ -21,8 +21,8 @@ import json
 import numpy as np
 from tokenizers import Tokenizer
 
+from .arrays import GrowingArray, HashTable, concatenated_ranges
 from .bpe import ArrayBPE
-from .hash_table import HashTable
 
 LETTER, NUMBER, OTHER, SPACE = 0, 1, 2, 3
 UNKNOWN = 255
@@ -124,30 +124,6 @@ def utf8_char_offsets(data: np.ndarray) -> np.ndarray:
     return np.flatnonzero((data & 0xC0) != 0x80)
 
 
-class GrowingArray:
-    """An append-only int64 array whose capacity doubles, so appends cost O(1) amortised."""
-
-    def __init__(self) -> None:
-        self.buffer = np.zeros(1024, dtype=np.int64)
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    @property
-    def values(self) -> np.ndarray:
-        return self.buffer[: self.size]
-
-    def extend(self, values: np.ndarray) -> None:
-        end = self.size + len(values)
-        if end > len(self.buffer):
-            grown = np.zeros(max(end, 2 * len(self.buffer)), dtype=np.int64)
-            grown[: self.size] = self.values
-            self.buffer = grown
-        self.buffer[self.size : end] = values
-        self.size = end
-
-
 ARRAY_BPE_BYTES = 64  # longer new words take tokenizers' BPE: one long word would keep every round going
 PACKED_BYTES = 15  # words up to this many UTF-8 bytes are keyed by two uint64 holding their bytes and length
 LOW_BYTES = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=np.uint64)  # mask of the n low bytes
@@ -211,9 +187,8 @@ class CachedEncoder:
     def _tokenize(self, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Like ArrayBPE.encode, a word per call of tokenizers' BPE model."""
         ends = np.cumsum(lengths)
-        index = np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]))
         # All the words' bytes as byte-level characters in one string (each fits UTF-16), then cut into words.
-        text = BYTE_LEVEL_CODES[data[index]].tobytes().decode("utf-16-le")
+        text = BYTE_LEVEL_CODES[data[concatenated_ranges(starts, lengths)]].tobytes().decode("utf-16-le")
         tokens = [self.bpe.tokenize(text[a:b]) for a, b in zip((ends - lengths).tolist(), ends.tolist(), strict=True)]
         counts = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
         ids = np.fromiter((t.id for word in tokens for t in word), dtype=np.int64, count=int(counts.sum()))
@@ -276,8 +251,6 @@ class CachedEncoder:
         slots[~short] = self._long_word_slots(raw, starts[~short], lengths[~short])
         # Gather every word's ids into one flat array, then cut it at the texts' ends.
         counts = self.slot_length.values[slots]
-        out_starts = np.cumsum(counts) - counts
-        index = np.repeat(self.slot_start.values[slots] - out_starts, counts) + np.arange(int(counts.sum()))
-        ids = self.ids.values[index]
+        ids = self.ids.values[concatenated_ranges(self.slot_start.values[slots], counts)]
         tokens_per_text = np.bincount(text_of_word, weights=counts, minlength=len(texts)).astype(np.int64)
         return np.split(ids, np.cumsum(tokens_per_text)[:-1])

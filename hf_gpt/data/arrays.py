@@ -1,8 +1,38 @@
-"""A numpy hash table: many keys looked up or added in a few array operations, not a Python call per key."""
+"""Numpy building blocks of the encoder: work on whole arrays of words, not a Python call per word."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices start, start + 1, ..., start + length - 1 of every (start, length), one range after another."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]) if len(ends) else 0)
+
+
+class GrowingArray:
+    """An append-only int64 array whose capacity doubles, so appends cost O(1) amortised."""
+
+    def __init__(self) -> None:
+        self.buffer = np.zeros(1024, dtype=np.int64)
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def values(self) -> np.ndarray:
+        return self.buffer[: self.size]
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.size + len(values)
+        if end > len(self.buffer):
+            grown = np.zeros(max(end, 2 * len(self.buffer)), dtype=np.int64)
+            grown[: self.size] = self.values
+            self.buffer = grown
+        self.buffer[self.size : end] = values
+        self.size = end
 
 
 class HashTable:
