@@ -275,9 +275,9 @@ def add_estimate_parser(commands, with_flags: bool = True) -> None:
 def run(args: argparse.Namespace) -> None:
     common = {name: getattr(args, name, None) for name in ("text_field", "split", "invalid_utf8", "overwrite")}
     if args.command == "train-tokenizer":
-        from .data.tokenizer import train_bpe_tokenizer
+        from .data.tokenizer import train_tokenizer_folder
 
-        train_bpe_tokenizer(
+        train_tokenizer_folder(
             args.inputs,
             args.vocab_size,
             args.output,

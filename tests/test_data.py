@@ -16,7 +16,7 @@ from test_tokenizer import assert_nothing_written, console_script
 from transformers import AutoTokenizer
 
 from hf_gpt.data.blocks import TokenBlocks
-from hf_gpt.data.tokenizer import tokenizer_from_gpt2_files
+from hf_gpt.data.tokenizer import tokenizer_from_gpt2_files, train_bpe_tokenizer
 from hf_gpt.data.tokens import prepare_data, read_manifest, token_dtype
 
 
@@ -332,22 +332,8 @@ def test_overwrite_never_removes_inputs_or_foreign_folders(trained_tokenizer_dir
 
 LAUNCH = """
 import sys
-from hf_gpt_launcher import main, skip_package_init
+from hf_gpt_launcher import main
 
-# What is loaded when the work is done: after encoding, or when the trained tokenizer is about to be saved (the
-# one step that imports transformers, and with it, in some versions, torch).
-skip_package_init()
-import hf_gpt.data.tokenizer as tokenizer_module
-
-save = tokenizer_module.as_transformers_tokenizer
-
-
-def noted(*args, **kwargs):
-    print("before saving:", "torch" in sys.modules, "transformers" in sys.modules)
-    return save(*args, **kwargs)
-
-
-tokenizer_module.as_transformers_tokenizer = noted
 sys.argv = ["hf-gpt", *sys.argv[1:]]
 code = main()
 print("at the end:", "torch" in sys.modules, "transformers" in sys.modules)
@@ -356,8 +342,7 @@ sys.exit(code)
 
 
 def test_the_data_commands_start_without_torch_or_transformers(trained_tokenizer_dir, tmp_path):
-    """Both take seconds to import; the tokenizer and data commands need neither to read and encode text (the
-    tokenizer trainer imports transformers only to save its result, after training)."""
+    """Both take seconds to import; the tokenizer and data commands need neither, to read, encode or write."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(varied_text(seed, 300) for seed in range(20)), encoding="utf-8")
     command = [sys.executable, "-c", LAUNCH, "prepare-data", str(corpus), "--tokenizer", str(trained_tokenizer_dir),
@@ -374,4 +359,12 @@ def test_the_data_commands_start_without_torch_or_transformers(trained_tokenizer
                str(tmp_path / "tokenizer")]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "before saving: False False" in done.stdout.splitlines()
+    assert done.stdout.splitlines()[-1] == "at the end: False False"
+    # The folder it wrote by hand is what transformers would have written: the same tokenizer, the same settings.
+    written = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    trained = train_bpe_tokenizer([corpus], 300, show_progress=False)
+    assert written.backend_tokenizer.to_str() == trained.backend_tokenizer.to_str()
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token", "model_max_length", "extra_special_tokens"):
+        assert getattr(written, name) == getattr(trained, name), name
+    text = varied_text(7, 200) + " <|endoftext|>"
+    assert written.decode(written(text).input_ids) == text

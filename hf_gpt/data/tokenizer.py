@@ -1,7 +1,8 @@
 """GPT-2-style byte-level BPE tokenizers: train one on your own text, or rebuild one from GPT-2's files.
 
 Both give a `PreTrainedTokenizerFast` whose folder loads with `AutoTokenizer.from_pretrained(DIR)`
-without custom code. The pipeline is GPT-2's: its regex pre-tokenization over the 256-byte alphabet
+without custom code; `train_tokenizer_folder` (the `hf-gpt train-tokenizer` command) writes that folder
+without importing transformers. The pipeline is GPT-2's: its regex pre-tokenization over the 256-byte alphabet
 (no unknown token can occur), a byte-level decoder, and `<|endoftext|>` as bos, eos, unk and pad.
 """
 
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from ..files import atomic_directory, check_output_dir, read_json_object
+from ..files import atomic_directory, check_output_dir, read_json_object, write_text_atomic
 from ..ranges import COUNT, POSITIVE_INT
 from .documents import Corpus
 
@@ -54,19 +55,24 @@ def as_transformers_tokenizer(
 ) -> PreTrainedTokenizerFast:
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token=SEPARATOR,
-        eos_token=SEPARATOR,
-        unk_token=SEPARATOR,
-        pad_token=SEPARATOR,  # GPT-2 has no pad token; padding with <|endoftext|> is the usual choice
-        extra_special_tokens=list(special_tokens),
-        model_max_length=model_max_length,
-        clean_up_tokenization_spaces=False,  # decode(encode(text)) must give text back unchanged
-    )
+    settings = tokenizer_settings(special_tokens, model_max_length)
+    del settings["tokenizer_class"]
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **settings)
 
 
-def train_bpe_tokenizer(
+def tokenizer_settings(special_tokens: Sequence[str], model_max_length: int) -> dict[str, Any]:
+    """A trained tokenizer's transformers settings: its tokenizer_config.json, which AutoTokenizer reads."""
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        # GPT-2 has no pad token; padding with <|endoftext|> is the usual choice.
+        **{name: SEPARATOR for name in ("bos_token", "eos_token", "unk_token", "pad_token")},
+        "extra_special_tokens": list(special_tokens),
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False,  # decode(encode(text)) must give text back unchanged
+    }
+
+
+def train_tokenizer_folder(
     inputs: Sequence[str | os.PathLike | Any] | str | os.PathLike | Any,
     vocab_size: int,
     output_dir: str | os.PathLike | None = None,
@@ -79,12 +85,9 @@ def train_bpe_tokenizer(
     invalid_utf8: str = "error",
     overwrite: bool = False,
     show_progress: bool = True,
-) -> PreTrainedTokenizerFast:
-    """Train a GPT-2-style tokenizer on `inputs` (see `hf_gpt.data.documents.Corpus`), streaming the text.
-
-    `vocab_size` counts everything: `<|endoftext|>`, `special_tokens`, the 256 bytes and the merges.
-    With `output_dir`, the folder is written atomically and loads with `AutoTokenizer`.
-    """
+) -> Tokenizer:
+    """Train as `train_bpe_tokenizer` does and, with `output_dir`, write the folder atomically: tokenizer.json and
+    tokenizer_config.json, without importing transformers (seconds, for a command that needs nothing of it)."""
     special_tokens = check_special_tokens(special_tokens)
     COUNT.check("min_frequency", min_frequency)
     POSITIVE_INT.check("model_max_length", model_max_length)
@@ -107,12 +110,33 @@ def train_bpe_tokenizer(
     )
     tokenizer.train_from_iterator(corpus.texts("reading corpus"), trainer=trainer)
     corpus.check_not_empty()
-    result = as_transformers_tokenizer(tokenizer, special_tokens, model_max_length)
     if corpus.replaced_bytes:
         print(f"replaced {corpus.replaced_bytes} invalid UTF-8 bytes with U+FFFD")
     if output_dir is not None:
-        save_tokenizer(result, output_dir, overwrite=overwrite, inputs=corpus.paths)
-    return result
+        settings = tokenizer_settings(special_tokens, model_max_length)
+        with atomic_directory(output_dir, overwrite, kind=KIND, inputs=corpus.paths) as staging:
+            tokenizer.save(str(staging / "tokenizer.json"))
+            write_text_atomic(staging / "tokenizer_config.json", json.dumps(settings, indent=2) + "\n")
+        print(f"tokenizer ({tokenizer.get_vocab_size()} tokens) saved to {output_dir}")
+    return tokenizer
+
+
+def train_bpe_tokenizer(
+    inputs: Sequence[str | os.PathLike | Any] | str | os.PathLike | Any,
+    vocab_size: int,
+    output_dir: str | os.PathLike | None = None,
+    **options: Any,
+) -> PreTrainedTokenizerFast:
+    """Train a GPT-2-style tokenizer on `inputs` (see `hf_gpt.data.documents.Corpus`), streaming the text.
+
+    `vocab_size` counts everything: `<|endoftext|>`, `special_tokens`, the 256 bytes and the merges.
+    With `output_dir`, the folder is written atomically and loads with `AutoTokenizer`. The keyword options
+    are `train_tokenizer_folder`'s: special_tokens, min_frequency, model_max_length (1024), text_field,
+    split, invalid_utf8, overwrite, show_progress.
+    """
+    tokenizer = train_tokenizer_folder(inputs, vocab_size, output_dir, **options)
+    special_tokens = check_special_tokens(options.get("special_tokens", ()))
+    return as_transformers_tokenizer(tokenizer, special_tokens, options.get("model_max_length", 1024))
 
 
 def tokenizer_from_gpt2_files(
