@@ -412,12 +412,12 @@ def test_a_prompt_of_invalid_utf8_is_one_line(capsys, model_dir):
 def test_a_full_disk_is_an_environment_failure(tmp_path, capsys, corpus, monkeypatch):
     import errno
 
-    from transformers import PreTrainedTokenizerFast
+    import hf_gpt.data.tokenizer
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(PreTrainedTokenizerFast, "save_pretrained", full)
+    monkeypatch.setattr(hf_gpt.data.tokenizer, "write_text_atomic", full)
     code, err = run_cli(capsys, "train-tokenizer", corpus, "--vocab-size", "300", "--output", tmp_path / "tok")
     assert code == 1 and f"No space left on device (writing {tmp_path / 'tok'})" in one_line(err)
     assert list(tmp_path.iterdir()) == [corpus]  # the staging folder went with the failure

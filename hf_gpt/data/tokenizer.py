@@ -115,7 +115,8 @@ def train_tokenizer_folder(
     if output_dir is not None:
         settings = tokenizer_settings(special_tokens, model_max_length)
         with atomic_directory(output_dir, overwrite, kind=KIND, inputs=corpus.paths) as staging:
-            tokenizer.save(str(staging / "tokenizer.json"))
+            # Python's own writes, so that a full disk is an OSError (tokenizers' `save` raises a bare Exception).
+            write_text_atomic(staging / "tokenizer.json", tokenizer.to_str(pretty=True))
             write_text_atomic(staging / "tokenizer_config.json", json.dumps(settings, indent=2) + "\n")
         print(f"tokenizer ({tokenizer.get_vocab_size()} tokens) saved to {output_dir}")
     return tokenizer
